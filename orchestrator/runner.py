@@ -1,0 +1,179 @@
+"""One trial: split the data, train the method, score the test split, write one result row.
+
+Three layers, each usable alone:
+
+- ``run_trial(trial)``: plain Python, no Ray. Debug a grid point with it directly.
+- ``train_loop(config)``: the function a Ray Train ``TorchTrainer`` runs on each worker (in the
+  trial's own process with ``num_workers=0``, or in DDP worker actors with ``--workers N``).
+- ``tune_trial(config)``: the Ray Tune function trainable. It builds and fits the
+  ``TorchTrainer`` (Ray 2.60 Train V2 wraps Train in Tune this way) and writes the row to the
+  store, ``ok`` or ``failed``, so a finished trial is saved the moment it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from methods.base import TrainSet
+from methods.registry import get_method
+from orchestrator.datasets import load_dataset
+from orchestrator.metrics import test_aurocs
+from orchestrator.scenarios import trial_key
+from orchestrator.splits import SplitSpec, make_split, stable_seed
+from orchestrator.store import ResultStore
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def pick_device() -> torch.device:
+    # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs (none when it asked for none).
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def split_for(trial: dict, train_labels, num_classes: int):
+    spec = SplitSpec(
+        normal_class=trial["normal_class"],
+        anomaly_class=trial["anomaly_class"],
+        gamma_p=trial["gamma_p"],
+        gamma_l=trial["gamma_l"],
+        gamma_l_normal=trial["gamma_l_normal"],
+        val_fraction=trial["val_fraction"],
+        seed=trial["seed"],
+    )
+    return make_split(train_labels, spec, num_classes)
+
+
+def run_trial(trial: dict, *, data_root: str | None = None, download: bool = False,
+              device: torch.device | None = None, on_epoch=None) -> dict:
+    """Train and evaluate one grid point; returns the measured part of a result row."""
+    device = device or pick_device()
+    started = time.perf_counter()
+    data = load_dataset(trial["dataset"], data_root, download)
+    split = split_for(trial, data.train_labels.numpy(), data.num_classes)
+
+    parts = [split.unlabeled, split.labeled_normal, split.labeled_anomaly]
+    index = torch.from_numpy(np.concatenate(parts)).long()
+    kind = torch.cat([torch.full((len(p),), k, dtype=torch.int8) for p, k in zip(parts, (0, 1, -1), strict=True)])
+    train = TrainSet(images=data.train_images[index], kind=kind)
+
+    cls = get_method(trial["method"])
+    method = cls(cls.Config(**trial["params"]), device, stable_seed("train", trial_key(trial)))
+    t0 = time.perf_counter()
+    summary = method.fit(train, on_epoch=on_epoch)
+    train_seconds = time.perf_counter() - t0
+    if not np.isfinite(summary.get("final_loss", 0.0)):
+        raise FloatingPointError(f"training diverged: final loss {summary['final_loss']}")
+
+    t0 = time.perf_counter()
+    test_scores = method.score(data.test_images)
+    score_seconds = time.perf_counter() - t0
+    row = test_aurocs(test_scores, data.test_labels.numpy(), trial["normal_class"], trial["anomaly_class"])
+
+    # Validation AUROC (held-out training images, never the test split): for model selection.
+    val_index = np.concatenate([split.val_normal, split.val_anomaly])
+    if len(split.val_normal) and len(split.val_anomaly):
+        val_scores = method.score(data.train_images[torch.from_numpy(val_index).long()])
+        val_is_anomaly = np.r_[np.zeros(len(split.val_normal)), np.ones(len(split.val_anomaly))]
+        from sklearn.metrics import roc_auc_score
+
+        row["auroc_val"] = float(roc_auc_score(val_is_anomaly, val_scores))
+
+    row.update(split.counts())
+    row.update(
+        n_test=len(data.test_labels),
+        epochs=int(summary.get("epochs", 0)),
+        final_loss=float(summary.get("final_loss", float("nan"))),
+        train_seconds=train_seconds,
+        score_seconds=score_seconds,
+        trial_seconds=time.perf_counter() - started,
+        device=device_name(device),
+    )
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{os.cpu_count()}cores"
+
+
+def base_row(trial: dict, ctx: dict) -> dict:
+    """Everything a row says about what was run (the rest is what was measured)."""
+    return {
+        **{k: trial[k] for k in ("profile", "scenario", "method", "dataset", "normal_class", "anomaly_class",
+                                 "gamma_l", "gamma_p", "gamma_l_normal", "val_fraction", "seed", "params")},
+        "trial_key": trial_key(trial),
+        "config": trial,
+        "sweep": ctx.get("sweep"),
+        "workers": ctx.get("workers", 0),
+        "package_version": ctx.get("package_version"),
+        "git_sha": ctx.get("git_sha"),
+        "hostname": socket.gethostname(),
+    }
+
+
+def train_loop(config: dict):
+    """Runs on every Ray Train worker; worker 0's return value becomes the trial's result."""
+    torch.set_num_threads(max(1, int(config["ctx"].get("cpus_per_worker", 1))))
+    on_epoch = None
+    if config["ctx"].get("workers", 0) == 0:
+        # Local mode: the trial's own process. Per-epoch metrics go straight to Tune.
+        import ray.tune
+
+        def on_epoch(epoch, metrics):
+            ray.tune.report({"epoch": epoch, **metrics})
+
+    return run_trial(config["trial"], data_root=config["ctx"].get("data_root"),
+                     download=config["ctx"].get("download", False), on_epoch=on_epoch)
+
+
+def tune_trial(config: dict) -> dict:
+    """The Ray Tune trainable: one grid point as one TorchTrainer run, one row in the store."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trial, ctx = config["trial"], config["ctx"]
+    row = base_row(trial, ctx)
+    row["started_at"] = _now()
+    workers = int(ctx.get("workers", 0))
+    try:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"trial": trial, "ctx": ctx},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=workers,
+                use_gpu=workers > 0 and ctx.get("gpus_per_trial", 0) > 0,
+                resources_per_worker=(
+                    {"CPU": ctx["cpus_per_worker"], "GPU": ctx.get("gpus_per_trial", 0)} if workers > 0 else None
+                ),
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"train-{row['trial_key']}",
+                storage_path=ctx.get("train_storage") or tempfile.gettempdir(),
+                failure_config=ray.train.FailureConfig(max_failures=0),
+            ),
+        )
+        row.update(trainer.fit().return_value)
+        row["status"] = "ok"
+    except Exception as exc:  # a failed trial is a row, and the sweep goes on
+        row["status"] = "failed"
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        row["traceback"] = traceback.format_exc()
+    row["finished_at"] = _now()
+    ResultStore(ctx["storage"]).write(row)
+    return {
+        "status": row["status"],
+        "auroc_pooled": row.get("auroc_pooled") if row["status"] == "ok" else float("nan"),
+        "trial_key": row["trial_key"],
+        "train_seconds": row.get("train_seconds", 0.0),
+    }

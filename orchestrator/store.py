@@ -1,0 +1,155 @@
+"""The Parquet result store: one small file per trial, hive-partitioned, written whole or not at all.
+
+Layout under the storage path (a local folder, ``s3://bucket/prefix`` or ``gs://bucket/prefix``)::
+
+    profile=quick/scenario=scenario2/method=hscl/<trial_key>.parquet
+
+Why one file per trial, named by its key:
+- a re-run, a retried failure or a second sweep writing the same key replaces that one file, so
+  the store can never hold two rows for one key, with no lock and no merge step;
+- a finished trial is on disk the moment it ends: a crash, a killed node or Ctrl-C loses
+  nothing that finished;
+- a file appears whole or not at all: written under a temporary name and renamed (local), or
+  uploaded in one request that completes on close (object stores).
+
+Readers need nothing from this module::
+
+    pandas.read_parquet("results")
+    pyarrow.dataset.dataset("results", partitioning="hive")
+    duckdb.sql("SELECT * FROM read_parquet('results/**/*.parquet', hive_partitioning = true)")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+# The partition columns live in the directory names, not inside the files (readers add them back).
+PARTITION_COLUMNS = ("profile", "scenario", "method")
+
+SCHEMA = pa.schema(
+    [
+        ("trial_key", pa.string()),
+        ("sweep", pa.string()),
+        ("profile", pa.string()),
+        ("scenario", pa.string()),
+        ("method", pa.string()),
+        ("dataset", pa.string()),
+        ("normal_class", pa.int32()),
+        ("anomaly_class", pa.int32()),  # null when no known anomaly class is used
+        ("gamma_l", pa.float64()),
+        ("gamma_p", pa.float64()),
+        ("gamma_l_normal", pa.float64()),
+        ("val_fraction", pa.float64()),
+        ("seed", pa.int32()),
+        ("params", pa.string()),  # the method's full config, JSON
+        ("config", pa.string()),  # the whole trial config that trial_key hashes, JSON
+        ("status", pa.string()),  # "ok" or "failed"
+        ("error", pa.string()),
+        ("auroc_pooled", pa.float64()),  # normal class vs all anomaly classes together
+        ("auroc_known", pa.float64()),  # normal class vs the known anomaly class only
+        ("auroc_mean_1v1", pa.float64()),  # mean over anomaly classes of normal-vs-that-class
+        ("auroc_per_class", pa.string()),  # JSON {class: AUROC} behind auroc_mean_1v1
+        ("auroc_val", pa.float64()),  # pooled AUROC on the validation part (model selection)
+        ("n_unlabeled", pa.int32()),
+        ("n_pollution", pa.int32()),
+        ("n_labeled_normal", pa.int32()),
+        ("n_labeled_anomaly", pa.int32()),
+        ("n_val", pa.int32()),
+        ("n_test", pa.int32()),
+        ("epochs", pa.int32()),
+        ("final_loss", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("score_seconds", pa.float64()),
+        ("trial_seconds", pa.float64()),
+        ("device", pa.string()),
+        ("hostname", pa.string()),
+        ("workers", pa.int32()),
+        ("package_version", pa.string()),
+        ("git_sha", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITION_COLUMNS])
+
+
+def _normalise(row: dict) -> dict:
+    out = {name: row.get(name) for name in SCHEMA.names}
+    for name in ("params", "config", "auroc_per_class"):
+        if out[name] is not None and not isinstance(out[name], str):
+            out[name] = json.dumps(out[name], sort_keys=True)
+    return out
+
+
+class ResultStore:
+    """Write one trial row atomically; read all rows as an Arrow table."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        if "://" in self.uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path_for(self, row: dict) -> str:
+        parts = [f"{col}={row[col]}" for col in PARTITION_COLUMNS]
+        return "/".join([self.root, *parts, f"{row['trial_key']}.parquet"])
+
+    def write(self, row: dict) -> str:
+        row = _normalise(row)
+        for col in PARTITION_COLUMNS + ("trial_key", "status"):
+            if not row.get(col):
+                raise ValueError(f"a result row needs '{col}'")
+        table = pa.Table.from_pylist([{k: row[k] for k in FILE_SCHEMA.names}], schema=FILE_SCHEMA)
+        final = self.path_for(row)
+        directory = final.rsplit("/", 1)[0]
+        self.fs.create_dir(directory, recursive=True)
+        if self.is_local:
+            # Temp name (hidden from readers by the leading dot) + atomic rename.
+            tmp = f"{directory}/.{row['trial_key']}.{uuid.uuid4().hex}.tmp"
+            pq.write_table(table, tmp, filesystem=self.fs)
+            os.replace(tmp, final)
+        else:
+            # Object stores: the object becomes visible only when the upload completes on close.
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            with self.fs.open_output_stream(final) as out:
+                out.write(sink.getvalue())
+        return final
+
+    def _dataset(self):
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        partitioning = pads.partitioning(
+            pa.schema([(c, pa.string()) for c in PARTITION_COLUMNS]), flavor="hive"
+        )
+        return pads.dataset(
+            self.root,
+            format="parquet",
+            filesystem=self.fs,
+            partitioning=partitioning,
+            schema=SCHEMA,
+            # Skip temp files and anything that is not a result file.
+            exclude_invalid_files=False,
+            ignore_prefixes=[".", "_"],
+        )
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        dataset = self._dataset()
+        if dataset is None:
+            return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
+        return dataset.to_table(columns=columns)
+
+    def statuses(self) -> dict[str, str]:
+        """trial_key -> status, for deciding what a sweep still has to run."""
+        table = self.read(["trial_key", "status"])
+        return dict(zip(table["trial_key"].to_pylist(), table["status"].to_pylist(), strict=True))

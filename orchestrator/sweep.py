@@ -1,0 +1,357 @@
+"""Run a scenario's whole grid on Ray: ``python -m orchestrator.sweep scenario2``.
+
+Every grid point is one Ray Tune trial running one Ray Train ``TorchTrainer``; each finished
+trial writes one row to the Parquet store at once. Before any work starts the sweep checks all
+input (scenario, profile, methods, dataset, ``--set`` keys, whether the data can supply every
+ratio) and reads the store: keys already ``ok`` are skipped, ``failed`` ones run again. So the
+same command, run again after a crash or Ctrl-C, finishes only what is missing.
+
+Examples::
+
+    python -m orchestrator.sweep scenario2                                  # quick: digits on a laptop
+    python -m orchestrator.sweep scenario2 --normal-classes 0 --anomaly-classes 1,2 --set epochs=5
+    python -m orchestrator.sweep scenario2 --dry-run                        # what is done, what would run
+    python -m orchestrator.sweep scenario2 --profile paper --address auto --storage s3://bucket/sweeps
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from methods.registry import METHODS, get_method
+from orchestrator.datasets import DatasetError, check_dataset, load_dataset
+from orchestrator.report import print_table
+from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.splits import SplitError
+from orchestrator.store import ResultStore
+
+# Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
+# GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
+DEFAULT_TRIALS_PER_GPU = {"quick": 4, "paper": 2}
+SPLIT_KEYS = {"val_fraction": float}
+
+
+class UserError(ValueError):
+    """Bad input: one line saying what is wrong and how to fix it."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", help=f"one of: {', '.join(SCENARIOS)}")
+    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the scenario's)")
+    p.add_argument("--dataset", default=None, help="override the profile's dataset (a name or an ImageFolder path)")
+    p.add_argument("--data-root", default=None, help="folder holding a local copy of the dataset")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
+    p.add_argument("--anomaly-classes", type=_int_list, default=None, help="known anomaly classes (default: all)")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
+    p.add_argument("--storage", default="results", help="result store: a folder, s3://... or gs://... (default results)")
+    p.add_argument("--sweep-name", default=None, help="label stored in every row (default SCENARIO-PROFILE)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --workers)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share per trial, e.g. 0.25 packs 4 trials on a GPU (default: by profile, 0 without GPUs)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray Train workers per trial: 0 = the trial's own process (fastest for one device); "
+                        "N >= 1 = N DDP worker actors")
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' inside a cluster); default: a local Ray")
+    p.add_argument("--report-epochs", action="store_true", help="report per-epoch metrics to Tune (for schedulers)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and what would run; run nothing")
+    return p.parse_args(argv)
+
+
+def _coerce(key: str, raw: str, default):
+    value = yaml.safe_load(raw) if raw != "" else raw
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"--set {key}={raw}: expected true or false")
+        return value
+    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"--set {key}={raw}: expected a {type(default).__name__} like the default {default!r}")
+
+
+def parse_overrides(pairs: list[str], methods: list[str]) -> tuple[dict, dict]:
+    """``--set`` pairs -> (method parameter overrides, split overrides), typed like the defaults."""
+    defaults = {}
+    for m in methods:
+        for field in dataclasses.fields(get_method(m).Config):
+            defaults.setdefault(field.name, getattr(get_method(m).Config(), field.name))
+    method_over, split_over = {}, {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set '{pair}': write KEY=VALUE, e.g. --set epochs=5")
+        if key in SPLIT_KEYS:
+            split_over[key] = _coerce(key, raw, SPLIT_KEYS[key]())
+        elif key in defaults:
+            method_over[key] = _coerce(key, raw, defaults[key])
+        else:
+            known = ", ".join(sorted(defaults) + sorted(SPLIT_KEYS))
+            raise UserError(f"--set {key}: unknown parameter for {', '.join(methods)}; known: {known}")
+    return method_over, split_over
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclasses.dataclass
+class Plan:
+    trials: list[dict]  # the whole grid
+    todo: list[dict]  # what still has to run
+    done: int
+    failed_before: int
+    store: ResultStore
+    ctx: dict
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Validate everything and decide what to run. Raises UserError / DatasetError / SplitError."""
+    if args.scenario not in SCENARIOS:
+        raise UserError(f"unknown scenario '{args.scenario}'; choose from: {', '.join(SCENARIOS)}")
+    if args.profile not in PROFILES:
+        raise UserError(f"unknown profile '{args.profile}'; choose from: {', '.join(PROFILES)}")
+    scenario, profile = SCENARIOS[args.scenario], PROFILES[args.profile]
+    methods = args.methods.split(",") if args.methods else list(scenario.methods)
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown method '{m}'; known methods: {', '.join(METHODS)}")
+    if args.workers < 0 or args.cpus_per_trial <= 0 or (args.gpus_per_trial or 0) < 0:
+        raise UserError("--workers must be >= 0, --cpus-per-trial > 0 and --gpus-per-trial >= 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError("--max-concurrent must be at least 1")
+    method_over, split_over = parse_overrides(args.overrides, methods)
+
+    dataset = args.dataset or profile.dataset
+    check_dataset(dataset, args.data_root)
+    data = load_dataset(dataset, args.data_root, args.download)
+    for name, classes in (("--normal-classes", args.normal_classes), ("--anomaly-classes", args.anomaly_classes)):
+        bad = [c for c in classes or [] if not 0 <= c < data.num_classes]
+        if bad:
+            raise UserError(f"{name} {bad}: {dataset} has classes 0..{data.num_classes - 1}")
+
+    try:
+        trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes,
+                        dataset=dataset, normal_classes=args.normal_classes,
+                        anomaly_classes=args.anomaly_classes, overrides=method_over, **split_over)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad method parameters: {exc}") from None
+    if not trials:
+        raise UserError("the grid is empty: check --normal-classes and --anomaly-classes")
+
+    # Every grid point's split must be possible before anything runs.
+    from orchestrator.runner import split_for
+
+    labels = data.train_labels.numpy()
+    seen = set()
+    for t in trials:
+        point = (t["normal_class"], t["anomaly_class"], t["gamma_p"], t["gamma_l"], t["gamma_l_normal"],
+                 t["val_fraction"], t["seed"])
+        if point not in seen:
+            seen.add(point)
+            split_for(t, labels, data.num_classes)
+
+    store = ResultStore(args.storage)
+    statuses = store.statuses()
+    todo = [t for t in trials if statuses.get(trial_key(t)) != "ok"]
+    try:
+        version = metadata.version("adsweep")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    ctx = {
+        "storage": store.uri if "://" in store.uri else store.root,
+        "data_root": os.path.abspath(args.data_root) if args.data_root else None,
+        "download": args.download,
+        "sweep": args.sweep_name or f"{args.scenario}-{args.profile}",
+        "workers": args.workers,
+        "cpus_per_worker": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "report_epochs": args.report_epochs,
+        "package_version": version,
+        "git_sha": git_sha(),
+    }
+    failed_before = sum(statuses.get(trial_key(t)) == "failed" for t in trials)
+    return Plan(trials, todo, len(trials) - len(todo), failed_before, store, ctx)
+
+
+class Progress:
+    """Concise progress: trials done / total, failures, ETA; at most one line every few seconds."""
+
+    def __init__(self, total: int, every_s: float = 5.0):
+        from ray import tune
+
+        class _Callback(tune.Callback):
+            def on_trial_complete(cb, iteration, trials, trial, **info):
+                self.update(ok=(trial.last_result or {}).get("status") == "ok")
+
+            def on_trial_error(cb, iteration, trials, trial, **info):
+                self.update(ok=False)
+
+        self.callback = _Callback()
+        self.total, self.every_s = total, every_s
+        self.ok = self.failed = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, ok: bool):
+        self.ok += ok
+        self.failed += not ok
+        now, done = time.monotonic(), self.ok + self.failed
+        if now - self.last >= self.every_s or done == self.total:
+            self.last = now
+            elapsed = now - self.start
+            eta = elapsed / done * (self.total - done)
+            print(f"  {done}/{self.total} trials  ok {self.ok}  failed {self.failed}  "
+                  f"elapsed {_fmt(elapsed)}  eta {_fmt(eta)}", flush=True)
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run(plan: Plan, args: argparse.Namespace) -> None:
+    """Run the plan's trials on Ray Tune; every trial writes its own row."""
+    # Tune's per-trial CSV/JSON/TensorBoard loggers cost time and files; the store is the record.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+    from ray import tune
+
+    from orchestrator.runner import tune_trial
+
+    if args.address:
+        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        gpt = args.gpus_per_trial
+        if gpt is None:
+            gpt = 1.0 / DEFAULT_TRIALS_PER_GPU.get(args.profile, 1) if gpus > 0 else 0.0
+        if gpt > 0 and gpus == 0:
+            raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU")
+        plan.ctx["gpus_per_trial"] = gpt
+        if args.workers == 0:
+            trial_resources = {"cpu": args.cpus_per_trial, "gpu": gpt}
+            per_trial_cpus = args.cpus_per_trial
+        else:
+            # The trial itself only waits on its workers: a sliver of a CPU, so that N workers of
+            # 0.99 CPU each fit on N cores (1 + 1 per trial deadlocks on 2 cores).
+            plan.ctx["cpus_per_worker"] = args.cpus_per_trial * 0.99
+            trial_resources = {"cpu": 0.01}
+            per_trial_cpus = args.workers * args.cpus_per_trial
+        fit_cpu = max(1, int(cpus // per_trial_cpus))
+        fit_gpu = int(gpus // (gpt * max(1, args.workers))) if gpt > 0 else fit_cpu
+        concurrent = max(1, min(fit_cpu, fit_gpu, args.max_concurrent or fit_cpu, len(plan.todo)))
+        print(f"running {len(plan.todo)} trials, {concurrent} at a time "
+              f"({cpus:g} CPUs, {gpus:g} GPUs in the cluster; {per_trial_cpus:g} CPU, {gpt:g} GPU per trial)",
+              flush=True)
+
+        progress = Progress(len(plan.todo))
+        tune_dir = tempfile.mkdtemp(prefix="adsweep-tune-")
+        plan.ctx["train_storage"] = tune_dir
+        tuner = tune.Tuner(
+            tune.with_resources(tune_trial, trial_resources),
+            param_space={"trial": tune.grid_search(plan.todo), "ctx": plan.ctx},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrent,
+                reuse_actors=True,  # one process serves many trials: no start-up per trial
+                trial_dirname_creator=lambda t: t.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name="adsweep",
+                storage_path=tune_dir,
+                verbose=0,
+                callbacks=[progress.callback],
+                # A trial whose process or node died is re-run elsewhere (twice at most).
+                failure_config=tune.FailureConfig(max_failures=2),
+            ),
+        )
+        grid = tuner.fit()
+        # A trial that died with its process never wrote its row: record the failure here.
+        statuses = plan.store.statuses()
+        for result in grid:
+            trial = result.config["trial"] if result.config else None
+            if result.error is not None and trial and statuses.get(trial_key(trial)) is None:
+                from orchestrator.runner import base_row
+
+                plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
+                                  "error": f"{type(result.error).__name__}: {result.error}"[:2000]})
+        shutil.rmtree(tune_dir, ignore_errors=True)
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = build_plan(args)
+    except (UserError, DatasetError, SplitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.scenario} ({args.profile}): {len(plan.trials)} trials in the grid, {plan.done} done, "
+          f"{len(plan.todo)} to run ({plan.failed_before} of them failed before); store: {plan.ctx['storage']}")
+    if args.dry_run:
+        for t in plan.todo[:10]:
+            print(f"  would run {trial_key(t)}  {t['method']} normal={t['normal_class']} "
+                  f"known={t['anomaly_class']} gamma_p={t['gamma_p']} gamma_l={t['gamma_l']} seed={t['seed']}")
+        if len(plan.todo) > 10:
+            print(f"  ... and {len(plan.todo) - 10} more")
+        return 0
+    if plan.todo:
+        start = time.monotonic()
+        try:
+            run(plan, args)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"sweep finished in {_fmt(time.monotonic() - start)}")
+    keys = {trial_key(t) for t in plan.trials}
+    rows = plan.store.read().to_pandas()
+    rows = rows[rows["trial_key"].isin(keys)]
+    print_table(rows, expected=len(plan.trials))
+    print(f"results: {plan.ctx['storage']}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
+    # Non-zero when the grid is not complete, so scripts notice failed trials.
+    return 0 if (rows["status"] == "ok").sum() == len(plan.trials) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
