@@ -90,8 +90,13 @@ def expand(
     anomaly_classes: list[int] | None = None,
     overrides: dict | None = None,
     val_fraction: float = 0.05,
+    gamma_p: list[float] | None = None,
+    gamma_l: list[float] | None = None,
 ) -> list[dict]:
-    """Every trial of a scenario, in a stable order. Pure: no data is read, nothing is run."""
+    """Every trial of a scenario, in a stable order. Pure: no data is read, nothing is run.
+
+    ``gamma_p`` / ``gamma_l`` replace the scenario's own axes (e.g. to run one column of a table).
+    """
     methods = list(methods or scenario.methods)
     normals = list(normal_classes if normal_classes is not None else scenario.normal_classes or range(num_classes))
     anomalies = anomaly_classes if anomaly_classes is not None else scenario.anomaly_classes
@@ -100,7 +105,7 @@ def expand(
 
     trials = []
     for method, seed, normal, gamma_l, gamma_l_normal, gamma_p in itertools.product(
-        methods, seeds, normals, scenario.gamma_l, scenario.gamma_l_normal, scenario.gamma_p
+        methods, seeds, normals, gamma_l or scenario.gamma_l, scenario.gamma_l_normal, gamma_p or scenario.gamma_p
     ):
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
         known = [a for a in anomalies if a != normal] if gamma_l > 0 else [None]

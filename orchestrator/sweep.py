@@ -53,6 +53,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
     p.add_argument("--anomaly-classes", type=_int_list, default=None, help="known anomaly classes (default: all)")
+    p.add_argument("--gamma-p", type=_float_list, default=None, help="pollution ratios (default: the scenario's)")
+    p.add_argument("--gamma-l", type=_float_list, default=None, help="labeled anomaly ratios (default: the scenario's)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
@@ -169,7 +178,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     try:
         trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes,
                         dataset=dataset, normal_classes=args.normal_classes,
-                        anomaly_classes=args.anomaly_classes, overrides=method_over, **split_over)
+                        anomaly_classes=args.anomaly_classes, overrides=method_over,
+                        gamma_p=args.gamma_p, gamma_l=args.gamma_l, **split_over)
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad method parameters: {exc}") from None
     if not trials:

@@ -1,0 +1,85 @@
+"""Encoders shared by the methods: each maps images (N, C, H, W) to a feature vector (N, F).
+
+- "cnn_small": three 3x3 conv layers (16, 32, 64 channels, the last two with stride 2) and global
+  average pooling; F = 64. Works from 8x8 digits up to 32x32 CIFAR; the quick CPU profile's net.
+- "resnet18": ResNet-18 (He et al. 2016) in its CIFAR form, as CSI and HSCL use it: a 3x3 stride-1
+  stem and no max-pool, so a 32x32 image keeps a 4x4 map before the pooling; F = 512.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        layers, c = [], in_channels
+        for i, w in enumerate(widths):
+            layers.append(conv_bn_relu(c, w, stride=1 if i == 0 else 2))  # 8x8 -> 8, 4, 2
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.out_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, F)
+        return self.features(x).mean(dim=(2, 3))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:  # 1x1 projection shortcut where the shape changes
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18: stem 3x3/1 (no 7x7/2 conv, no max-pool), stages of 2 blocks with 64, 128,
+    256, 512 channels, strides 1, 2, 2, 2, global average pooling."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.stem = conv_bn_relu(in_channels, 64)
+        blocks, c = [], 64
+        for width, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(c, width, stride), BasicBlock(width, width, 1)]
+            c = width
+        self.blocks = nn.Sequential(*blocks)
+        self.out_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, 512)
+        return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+
+ENCODERS = {"cnn_small": SmallCNN, "resnet18": ResNet18}
+
+
+def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, int]:
+    """-> (encoder, feature_dim). Unknown names raise ValueError listing the known ones."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown net '{name}'; known nets: {', '.join(sorted(ENCODERS))}")
+    net = ENCODERS[name](in_channels)
+    return net, net.out_dim
+
+
+def projection_head(in_dim: int, out_dim: int) -> nn.Sequential:
+    """SimCLR's 2-layer MLP projection head: in_dim -> in_dim -> out_dim."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))

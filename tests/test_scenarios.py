@@ -1,0 +1,50 @@
+"""Scenario expansion is a pure function: table tests of its size and content, and stable keys."""
+
+import pytest
+
+from orchestrator.scenarios import PROFILES, SCENARIOS, expand, method_params, trial_key
+
+SC2, QUICK = SCENARIOS["scenario2"], PROFILES["quick"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, n_trials",
+    [
+        ({}, 270),  # 10 normal x 9 known x 3 gamma_p
+        ({"seeds": [0, 1, 2]}, 810),
+        ({"normal_classes": [0]}, 27),
+        ({"normal_classes": [0, 1], "anomaly_classes": [1, 2]}, 9),  # (0,1) (0,2) (1,2) x 3
+        ({"normal_classes": [3], "gamma_p": [0.1]}, 9),
+        ({"normal_classes": [3], "gamma_l": [0.0]}, 3),  # no known class: one trial per gamma_p
+    ],
+)
+def test_grid_sizes(kwargs, n_trials):
+    kwargs = {"seeds": [0], **kwargs}
+    assert len(expand(SC2, QUICK, num_classes=10, **kwargs)) == n_trials
+
+
+def test_trials_cover_every_pair_once_and_never_pair_a_class_with_itself():
+    trials = expand(SC2, QUICK, num_classes=10)
+    points = {(t["normal_class"], t["anomaly_class"], t["gamma_p"]) for t in trials}
+    assert len(points) == 270
+    assert all(t["normal_class"] != t["anomaly_class"] for t in trials)
+    assert {t["gamma_l"] for t in trials} == {0.05}
+
+
+def test_keys_are_stable_and_change_with_any_setting():
+    a = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
+    b = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
+    assert [trial_key(t) for t in a] == [trial_key(t) for t in b]
+    c = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1], overrides={"tau": 0.2})
+    d = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1], seeds=[1])
+    keys = {trial_key(t) for t in a + c + d}
+    assert len(keys) == 9
+
+
+def test_parameters_are_paper_defaults_then_profile_then_user():
+    paper = method_params("hscl", "paper")
+    assert (paper["tau"], paper["lambda1"], paper["lambda2"], paper["w_delta"], paper["epochs"]) == (
+        0.5, 1.0, 1.0, 0.4, 250)
+    quick = method_params("hscl", "quick")
+    assert quick["net"] == "cnn_small" and quick["epochs"] < 250
+    assert method_params("hscl", "quick", {"epochs": 3})["epochs"] == 3

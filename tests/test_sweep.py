@@ -1,0 +1,135 @@
+"""The sweep end to end, as a user runs it: real Ray Tune + Train, real digits, real Parquet files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from orchestrator.datasets import load_dataset
+from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.sweep import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--set", "epochs=3"]  # plumbing tests: a few epochs are enough
+
+
+def sweep(*args, timeout=300, **popen):
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def expected_keys(normal, anomaly, overrides=None):
+    trials = expand(SCENARIOS["scenario2"], PROFILES["quick"], num_classes=10, normal_classes=normal,
+                    anomaly_classes=anomaly, overrides=overrides)
+    return {trial_key(t) for t in trials}
+
+
+def result_files(store: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
+
+
+def test_sweep_writes_exactly_the_grid_and_a_rerun_writes_nothing(tmp_path):
+    store = tmp_path / "results"
+    run = sweep("--normal-classes", "0", "--anomaly-classes", "1", "--storage", str(store), *FAST)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3/3 trials" in run.stdout and "gamma_p=0.10" in run.stdout
+
+    rows = pd.read_parquet(store)
+    assert set(rows["trial_key"]) == expected_keys([0], [1], {"epochs": 3}) and len(rows) == 3
+    assert (rows["status"] == "ok").all()
+    assert sorted(rows["gamma_p"]) == [0.0, 0.05, 0.1]
+    assert rows[["auroc_pooled", "auroc_known", "auroc_mean_1v1", "auroc_val"]].notna().all().all()
+    assert rows["auroc_pooled"].between(0, 1).all()
+    # Every row carries its config, seed, code version, device and timings.
+    for col in ("params", "config", "git_sha", "package_version", "device", "started_at", "finished_at"):
+        assert rows[col].notna().all(), col
+    assert (rows["train_seconds"] > 0).all() and (rows["n_labeled_anomaly"] > 0).all()
+    assert (rows.loc[rows["gamma_p"] > 0, "n_pollution"] > 0).all()
+
+    duck = duckdb.sql(f"SELECT method, count(*) AS n FROM read_parquet('{store}/**/*.parquet', "
+                      "hive_partitioning = true) GROUP BY method").df()
+    assert duck.to_dict("records") == [{"method": "hscl", "n": 3}]
+
+    before = result_files(store)
+    again = sweep("--normal-classes", "0", "--anomaly-classes", "1", "--storage", str(store), *FAST)
+    assert again.returncode == 0, again.stderr
+    assert "3 done, 0 to run" in again.stdout
+    assert result_files(store) == before  # nothing rewritten
+
+
+def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
+    store = tmp_path / "results"
+    args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST]
+    # Kill the driver and every process it started (its session) once two trials are saved.
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", "scenario2", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(result_files(store)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = result_files(store)
+    assert 2 <= len(saved) < 12
+
+    resumed = sweep(*args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{len(saved)} done, {12 - len(saved)} to run" in resumed.stdout
+    rows = pd.read_parquet(store)
+    assert len(rows) == 12 and rows["trial_key"].is_unique and (rows["status"] == "ok").all()
+    assert set(rows["trial_key"]) == expected_keys([0, 1], [2, 3], {"epochs": 3})
+    after = result_files(store)
+    assert all(after[name] == mtime for name, mtime in saved.items())  # finished trials not re-run
+
+
+def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    # lr=1e30 makes training diverge to NaN: each trial fails, the sweep still ends, rows say why.
+    store = tmp_path / "results"
+    run = sweep("--normal-classes", "0", "--anomaly-classes", "1", "--gamma-p", "0,0.1", "--storage", str(store),
+                "--set", "epochs=2", "--set", "lr=1e30")
+    assert run.returncode == 1
+    rows = pd.read_parquet(store)
+    assert len(rows) == 2 and (rows["status"] == "failed").all()
+    assert rows["error"].str.len().gt(0).all() and rows["auroc_pooled"].isna().all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["scenario9"], "unknown scenario 'scenario9'"),
+        (["scenario2", "--methods", "nope"], "unknown method 'nope'"),
+        (["scenario2", "--dataset", "imagenet-xl"], "imagenet-xl"),
+        (["scenario2", "--dataset", "/no/such/folder"], "/no/such/folder"),
+        (["scenario2", "--profile", "huge"], "unknown profile 'huge'"),
+        (["scenario2", "--gamma-l", "0.6"], "lower gamma_l"),
+        (["scenario2", "--gamma-p", "1.5"], "gamma_p=1.5"),
+        (["scenario2", "--set", "val_fraction=0.7"], "val_fraction=0.7"),
+        (["scenario2", "--set", "epochs"], "KEY=VALUE"),
+        (["scenario2", "--set", "tau_typo=1"], "unknown parameter"),
+        (["scenario2", "--set", "epochs=many"], "expected a int"),
+        (["scenario2", "--normal-classes", "12"], "classes 0..9"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):
+    store = tmp_path / "results"
+    assert main([*args, "--storage", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert not store.exists()
+
+
+def test_dry_run_reports_the_grid_and_runs_nothing(tmp_path, capsys):
+    store = tmp_path / "results"
+    assert main(["scenario2", "--dry-run", "--storage", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "270 trials in the grid, 0 done, 270 to run" in out
+    assert not store.exists()
+
+
+def test_quick_default_dataset_is_digits():
+    assert load_dataset(PROFILES["quick"].dataset).num_classes == 10
