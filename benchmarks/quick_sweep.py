@@ -81,7 +81,9 @@ def main():
         "sum_train_seconds": round(float(rows["train_seconds"].sum()), 1),
         "mean_trial_seconds": round(float(rows["trial_seconds"].mean()), 2),
         "efficiency": round(own / (wall * concurrent), 3),
-        "mean_auroc_pooled_by_gamma_p": {str(k): round(v, 4) for k, v in ok.groupby("gamma_p")["auroc_pooled"].mean().items()},
+        "mean_auroc_pooled_by_gamma_p": {
+            str(k): round(v, 4) for k, v in ok.groupby("gamma_p")["auroc_pooled"].mean().items()
+        },
     }
     out = ROOT / "benchmarks" / "records" / "quick_sweep.json"
     out.parent.mkdir(exist_ok=True)

@@ -25,10 +25,7 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, metric: str = "
     summary = table2(rows, metric)
     n_ok = int((rows["status"] == "ok").sum()) if len(rows) else 0
     n_failed = len(rows) - n_ok
-    title = f"{metric} (%), mean over grid points [n]"
-    if expected is not None:
-        title += f"; {n_ok}/{expected} ok, {n_failed} failed, {expected - len(rows)} missing"
-    table = Table(title=title)
+    table = Table(title=f"{metric} (%), mean over grid points [n trials]")
     table.add_column("method")
     gammas = sorted(summary.index.get_level_values("gamma_p").unique()) if len(summary) else []
     for g in gammas:
@@ -43,6 +40,8 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, metric: str = "
                 cells.append("-")
         table.add_row(method, *cells)
     console.print(table)
+    if expected is not None:
+        console.print(f"{n_ok}/{expected} trials ok, {n_failed} failed, {expected - len(rows)} missing")
     if n_failed:
         for _, r in rows[rows["status"] != "ok"].head(5).iterrows():
             console.print(f"  failed {r['trial_key']} normal={r['normal_class']}: {str(r['error'])[:200]}")

@@ -104,11 +104,11 @@ def expand(
     params = {m: method_params(m, profile.name, overrides) for m in methods}
 
     trials = []
-    for method, seed, normal, gamma_l, gamma_l_normal, gamma_p in itertools.product(
-        methods, seeds, normals, gamma_l or scenario.gamma_l, scenario.gamma_l_normal, gamma_p or scenario.gamma_p
-    ):
+    grid = itertools.product(methods, seeds, normals, gamma_l or scenario.gamma_l, scenario.gamma_l_normal,
+                             gamma_p or scenario.gamma_p)
+    for method, seed, normal, g_l, g_ln, g_p in grid:
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
-        known = [a for a in anomalies if a != normal] if gamma_l > 0 else [None]
+        known = [a for a in anomalies if a != normal] if g_l > 0 else [None]
         for anomaly in known:
             trials.append(
                 {
@@ -118,9 +118,9 @@ def expand(
                     "method": method,
                     "normal_class": int(normal),
                     "anomaly_class": None if anomaly is None else int(anomaly),
-                    "gamma_p": float(gamma_p),
-                    "gamma_l": float(gamma_l),
-                    "gamma_l_normal": float(gamma_l_normal),
+                    "gamma_p": float(g_p),
+                    "gamma_l": float(g_l),
+                    "gamma_l_normal": float(g_ln),
                     "val_fraction": float(val_fraction),
                     "seed": int(seed),
                     "params": params[method],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -26,8 +27,6 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-
-import yaml
 
 from methods.registry import METHODS, get_method
 from orchestrator.datasets import DatasetError, check_dataset, load_dataset
@@ -76,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
-    p.add_argument("--storage", default="results", help="result store: a folder, s3://... or gs://... (default results)")
+    p.add_argument("--storage", default="results", help="result store: a folder, s3://... or gs://...")
     p.add_argument("--sweep-name", default=None, help="label stored in every row (default SCENARIO-PROFILE)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --workers)")
@@ -85,25 +84,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0,
                    help="Ray Train workers per trial: 0 = the trial's own process (fastest for one device); "
                         "N >= 1 = N DDP worker actors")
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto' inside a cluster); default: a local Ray")
+    p.add_argument("--address", default=None, help="Ray address ('auto' on a cluster node); default: a new local Ray")
     p.add_argument("--report-epochs", action="store_true", help="report per-epoch metrics to Tune (for schedulers)")
-    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and what would run; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and what would run")
     return p.parse_args(argv)
 
 
 def _coerce(key: str, raw: str, default):
-    value = yaml.safe_load(raw) if raw != "" else raw
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise UserError(f"--set {key}={raw}: expected true or false")
-        return value
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, str) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise UserError(f"--set {key}={raw}: expected a {type(default).__name__} like the default {default!r}")
+    """Parse ``raw`` as the type of the parameter's default (bool, int, float or str)."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[raw.strip().lower()]
+        return kind(raw.strip()) if kind in (int, float) else raw
+    except (KeyError, ValueError):
+        raise UserError(f"--set {key}={raw}: expected a {kind.__name__} like the default {default!r}") from None
 
 
 def parse_overrides(pairs: list[str], methods: list[str]) -> tuple[dict, dict]:
@@ -260,8 +255,13 @@ def run(plan: Plan, args: argparse.Namespace) -> None:
     # Tune's per-trial CSV/JSON/TensorBoard loggers cost time and files; the store is the record.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Tune's own console output (config box, per-trial tables) would drown the progress lines.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     from ray import tune
+
+    for noisy in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
     from orchestrator.runner import tune_trial
 
