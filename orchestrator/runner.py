@@ -92,6 +92,7 @@ def run_trial(trial: dict, *, data_root: str | None = None, download: bool = Fal
     row.update(
         n_test=len(data.test_labels),
         epochs=int(summary.get("epochs", 0)),
+        world_size=int(summary.get("world_size", 1)),
         final_loss=float(summary.get("final_loss", float("nan"))),
         train_seconds=train_seconds,
         score_seconds=score_seconds,
@@ -126,8 +127,9 @@ def train_loop(config: dict):
     """Runs on every Ray Train worker; worker 0's return value becomes the trial's result."""
     torch.set_num_threads(max(1, int(config["ctx"].get("cpus_per_worker", 1))))
     on_epoch = None
-    if config["ctx"].get("workers", 0) == 0:
-        # Local mode: the trial's own process. Per-epoch metrics go straight to Tune.
+    if config["ctx"].get("report_epochs") and config["ctx"].get("workers", 0) == 0:
+        # Local mode: the trial's own process, so per-epoch metrics go straight to Tune (for
+        # schedulers). Off by default: a sweep needs only the final row.
         import ray.tune
 
         def on_epoch(epoch, metrics):
@@ -167,8 +169,8 @@ def tune_trial(config: dict) -> dict:
         row["status"] = "ok"
     except Exception as exc:  # a failed trial is a row, and the sweep goes on
         row["status"] = "failed"
-        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        row["traceback"] = traceback.format_exc()
+        # The one-line cause first, then the end of the traceback for debugging.
+        row["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
     row["finished_at"] = _now()
     ResultStore(ctx["storage"]).write(row)
     return {

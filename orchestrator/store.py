@@ -70,7 +70,8 @@ SCHEMA = pa.schema(
         ("trial_seconds", pa.float64()),
         ("device", pa.string()),
         ("hostname", pa.string()),
-        ("workers", pa.int32()),
+        ("workers", pa.int32()),  # Ray Train workers asked for (0: the trial's own process)
+        ("world_size", pa.int32()),  # processes that trained together (DDP ranks)
         ("package_version", pa.string()),
         ("git_sha", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")),

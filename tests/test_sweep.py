@@ -133,3 +133,15 @@ def test_dry_run_reports_the_grid_and_runs_nothing(tmp_path, capsys):
 
 def test_quick_default_dataset_is_digits():
     assert load_dataset(PROFILES["quick"].dataset).num_classes == 10
+
+
+def test_workers_run_a_trial_as_ddp_ray_train_workers(tmp_path):
+    # Two Ray Train worker actors (gloo on CPU) train one grid point together.
+    store = tmp_path / "results"
+    run = sweep("--normal-classes", "0", "--anomaly-classes", "1", "--gamma-p", "0.1", "--workers", "2",
+                "--storage", str(store), *FAST)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = pd.read_parquet(store)
+    assert len(rows) == 1 and rows["status"].tolist() == ["ok"] and rows["workers"].tolist() == [2]
+    assert rows["world_size"].tolist() == [2]
+    assert rows["auroc_pooled"].iloc[0] > 0.7
