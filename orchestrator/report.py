@@ -1,4 +1,9 @@
-"""The end-of-sweep table, in the layout of HSCL Table 2: mean AUROC per method and gamma_p."""
+"""The end-of-sweep table, in the layout of the scenario's paper table (HSCL Table 2 for scenario2).
+
+A cell is the mean of the metric (in %) over the ``ok`` trials that fall in it (grid points and
+seeds), with the number of trials in brackets; with several seeds the std over seeds follows the
+mean. Failed and missing trials are counted under the table, never averaged in.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,61 @@ from rich.console import Console
 from rich.table import Table
 
 
-def table2(rows: pd.DataFrame, metric: str = "auroc_pooled") -> pd.DataFrame:
-    """Mean AUROC (in %) per method (rows) and gamma_p (columns), over ``ok`` trials only.
+def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled") -> pd.DataFrame:
+    """Long table: one row per (index..., column) cell with mean, std over seeds, and n trials.
 
-    With several seeds a cell is the mean over grid points and seeds; ``n`` says how many trials
-    each mean has, so an incomplete grid is visible, never silently averaged.
+    >>> df = pd.DataFrame({"method": ["a", "a"], "gamma_p": [0.0, 0.0], "seed": [0, 1],
+    ...                    "auroc_pooled": [0.8, 0.9], "status": ["ok", "ok"]})
+    >>> paper_table(df).round(1).to_dict("records")
+    [{'method': 'a', 'gamma_p': 0.0, 'mean': 85.0, 'std': 7.1, 'n': 2}]
     """
-    ok = rows[rows["status"] == "ok"]
+    ok = rows[rows["status"] == "ok"].copy()
+    keys = [*index, column]
     if ok.empty:
-        return pd.DataFrame()
-    grouped = ok.groupby(["method", "gamma_p"])[metric]
-    return pd.DataFrame({"mean": grouped.mean() * 100, "std": grouped.std() * 100, "n": grouped.size()})
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n"])
+    ok[list(index)] = ok[list(index)].fillna("-")
+    # Mean over grid points within each seed first, then mean and std over seeds.
+    per_seed = ok.groupby([*keys, "seed"], dropna=False)[metric].agg(["mean", "size"]).reset_index()
+    cells = per_seed.groupby(keys, dropna=False).agg(
+        mean=("mean", "mean"), std=("mean", "std"), n=("size", "sum")
+    ).reset_index()
+    cells["mean"] *= 100
+    cells["std"] *= 100
+    return cells
 
 
-def print_table(rows: pd.DataFrame, expected: int | None = None, metric: str = "auroc_pooled") -> None:
+def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method",), column="gamma_p",
+                metric="auroc_pooled") -> None:
     console = Console()
-    summary = table2(rows, metric)
+    cells = paper_table(rows, index, column, metric)
+    columns = sorted(cells[column].dropna().unique()) if len(cells) else []
+    table = Table(title=f"{metric} (%), mean over grid points [n trials]")
+    for key in index:
+        table.add_column(key)
+    for value in columns:
+        table.add_column(f"{column}={value:.2f}" if isinstance(value, float) else f"{column}={value}",
+                         justify="right")
+    if column == "normal_class" and len(columns) > 1:
+        table.add_column("mean", justify="right")
+    for key, group in cells.groupby(list(index), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        by_col = group.set_index(column)
+        texts = []
+        for value in columns:
+            if value in by_col.index:
+                cell = by_col.loc[value]
+                std = f" ± {cell['std']:.1f}" if pd.notna(cell["std"]) else ""
+                texts.append(f"{cell['mean']:.1f}{std} [{int(cell['n'])}]")
+            else:
+                texts.append("-")
+        if column == "normal_class" and len(columns) > 1:
+            texts.append(f"{by_col['mean'].mean():.1f}")
+        table.add_row(*[str(k) for k in key], *texts)
+    console.print(table)
     n_ok = int((rows["status"] == "ok").sum()) if len(rows) else 0
     n_failed = len(rows) - n_ok
-    table = Table(title=f"{metric} (%), mean over grid points [n trials]")
-    table.add_column("method")
-    gammas = sorted(summary.index.get_level_values("gamma_p").unique()) if len(summary) else []
-    for g in gammas:
-        table.add_column(f"gamma_p={g:.2f}", justify="right")
-    for method in sorted(summary.index.get_level_values("method").unique()) if len(summary) else []:
-        cells = []
-        for g in gammas:
-            if (method, g) in summary.index:
-                r = summary.loc[(method, g)]
-                cells.append(f"{r['mean']:.1f} [{int(r['n'])}]")
-            else:
-                cells.append("-")
-        table.add_row(method, *cells)
-    console.print(table)
     if expected is not None:
         console.print(f"{n_ok}/{expected} trials ok, {n_failed} failed, {expected - len(rows)} missing")
-    if n_failed:
-        for _, r in rows[rows["status"] != "ok"].head(5).iterrows():
-            console.print(f"  failed {r['trial_key']} normal={r['normal_class']}: {str(r['error'])[:200]}")
+    for _, r in rows[rows["status"] != "ok"].head(5).iterrows():
+        first_line = str(r["error"]).splitlines()[0] if r["error"] else ""
+        console.print(f"  failed {r['trial_key']} normal={r['normal_class']}: {first_line[:200]}")

@@ -111,8 +111,9 @@ def device_name(device: torch.device) -> str:
 def base_row(trial: dict, ctx: dict) -> dict:
     """Everything a row says about what was run (the rest is what was measured)."""
     return {
-        **{k: trial[k] for k in ("profile", "scenario", "method", "dataset", "normal_class", "anomaly_class",
-                                 "gamma_l", "gamma_p", "gamma_l_normal", "val_fraction", "seed", "params")},
+        **{k: trial[k] for k in ("profile", "scenario", "method", "variant", "dataset", "normal_class",
+                                 "anomaly_class", "gamma_l", "gamma_p", "gamma_l_normal", "val_fraction", "seed",
+                                 "params")},
         "trial_key": trial_key(trial),
         "config": trial,
         "sweep": ctx.get("sweep"),

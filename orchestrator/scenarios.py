@@ -30,11 +30,18 @@ class Scenario:
     methods: tuple[str, ...]
     gamma_p: tuple[float, ...]
     gamma_l: tuple[float, ...]
-    gamma_l_normal: tuple[float, ...] = (0.0,)
+    # Labeled normals (Scenario-1); None ties them to gamma_l ("both at gamma_l").
+    gamma_l_normal: tuple[float, ...] | None = (0.0,)
     # None: every class of the dataset; anomaly classes default to every class but the normal one.
     normal_classes: tuple[int, ...] | None = None
     anomaly_classes: tuple[int, ...] | None = None
-    table_columns: str = "gamma_p"  # the grid axis the paper's table puts in its columns
+    # Named parameter settings of one method (ablations, sensitivity curves): each is one more grid
+    # axis. A variant's values win over profile and --set values: they define the experiment.
+    variants: dict[str, dict] | None = None
+    # The paper's table layout for this scenario: row keys, the column axis and the metric.
+    table_rows: tuple[str, ...] = ("method",)
+    table_columns: str = "gamma_p"
+    metric: str = "auroc_pooled"
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,18 @@ def expand(
     anomalies = anomaly_classes if anomaly_classes is not None else scenario.anomaly_classes
     anomalies = list(anomalies if anomalies is not None else range(num_classes))
     params = {m: method_params(m, profile.name, overrides) for m in methods}
+    for name, values in (scenario.variants or {}).items():
+        for m in methods:
+            unknown = set(values) - set(params[m])
+            if unknown:
+                raise ValueError(f"variant '{name}' sets {sorted(unknown)}, which method {m} does not have")
 
     trials = []
-    grid = itertools.product(methods, seeds, normals, gamma_l or scenario.gamma_l, scenario.gamma_l_normal,
-                             gamma_p or scenario.gamma_p)
-    for method, seed, normal, g_l, g_ln, g_p in grid:
+    variants = scenario.variants or {None: {}}
+    grid = itertools.product(methods, variants, seeds, normals, gamma_l or scenario.gamma_l,
+                             scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p)
+    for method, variant, seed, normal, g_l, g_ln, g_p in grid:
+        g_ln = g_l if g_ln is None else g_ln
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
         known = [a for a in anomalies if a != normal] if g_l > 0 else [None]
         for anomaly in known:
@@ -116,6 +130,7 @@ def expand(
                     "profile": profile.name,
                     "dataset": dataset or profile.dataset,
                     "method": method,
+                    "variant": variant,
                     "normal_class": int(normal),
                     "anomaly_class": None if anomaly is None else int(anomaly),
                     "gamma_p": float(g_p),
@@ -123,7 +138,7 @@ def expand(
                     "gamma_l_normal": float(g_ln),
                     "val_fraction": float(val_fraction),
                     "seed": int(seed),
-                    "params": params[method],
+                    "params": {**params[method], **variants[variant]},
                 }
             )
     return trials

@@ -40,6 +40,7 @@ SCHEMA = pa.schema(
         ("profile", pa.string()),
         ("scenario", pa.string()),
         ("method", pa.string()),
+        ("variant", pa.string()),  # named ablation / sensitivity setting, null for none
         ("dataset", pa.string()),
         ("normal_class", pa.int32()),
         ("anomaly_class", pa.int32()),  # null when no known anomaly class is used

@@ -356,7 +356,9 @@ def main(argv=None) -> int:
     keys = {trial_key(t) for t in plan.trials}
     rows = plan.store.read().to_pandas()
     rows = rows[rows["trial_key"].isin(keys)]
-    print_table(rows, expected=len(plan.trials))
+    scenario = SCENARIOS[args.scenario]
+    print_table(rows, expected=len(plan.trials), index=scenario.table_rows, column=scenario.table_columns,
+                metric=scenario.metric)
     print(f"results: {plan.ctx['storage']}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
     # Non-zero when the grid is not complete, so scripts notice failed trials.
     return 0 if (rows["status"] == "ok").sum() == len(plan.trials) else 1

@@ -48,3 +48,29 @@ def test_parameters_are_paper_defaults_then_profile_then_user():
     quick = method_params("hscl", "quick")
     assert quick["net"] == "cnn_small" and quick["epochs"] < 250
     assert method_params("hscl", "quick", {"epochs": 3})["epochs"] == 3
+
+
+def test_variants_are_a_grid_axis_whose_values_win():
+    from orchestrator.scenarios import Scenario
+
+    ablation = Scenario(name="abl", description="", methods=("hscl",), gamma_p=(0.05,), gamma_l=(0.05,),
+                        variants={"full": {}, "w/o N-A": {"use_na": False}}, table_rows=("variant",))
+    trials = expand(ablation, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1],
+                    overrides={"use_na": True, "epochs": 2})
+    by_variant = {t["variant"]: t["params"] for t in trials}
+    assert set(by_variant) == {"full", "w/o N-A"}
+    assert by_variant["full"]["use_na"] is True and by_variant["w/o N-A"]["use_na"] is False
+    assert by_variant["w/o N-A"]["epochs"] == 2  # other --set values still apply
+    bad = Scenario(name="bad", description="", methods=("hscl",), gamma_p=(0.0,), gamma_l=(0.05,),
+                   variants={"typo": {"lamda1": 0.0}})
+    with pytest.raises(ValueError, match="lamda1"):
+        expand(bad, QUICK, num_classes=10)
+
+
+def test_labeled_normals_can_be_tied_to_gamma_l():
+    from orchestrator.scenarios import Scenario
+
+    tied = Scenario(name="s1", description="", methods=("hscl",), gamma_p=(0.0,), gamma_l=(0.01, 0.05),
+                    gamma_l_normal=None)
+    trials = expand(tied, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
+    assert [(t["gamma_l"], t["gamma_l_normal"]) for t in trials] == [(0.01, 0.01), (0.05, 0.05)]
