@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from methods.base import TrainSet
 from methods.registry import get_method
@@ -28,7 +29,7 @@ from orchestrator.datasets import load_dataset
 from orchestrator.metrics import test_aurocs
 from orchestrator.scenarios import trial_key
 from orchestrator.splits import SplitSpec, make_split, stable_seed
-from orchestrator.store import ResultStore
+from orchestrator.store import ResultStore, ScoreStore
 
 
 def _now() -> datetime:
@@ -78,14 +79,13 @@ def run_trial(trial: dict, *, data_root: str | None = None, download: bool = Fal
     test_scores = method.score(data.test_images)
     score_seconds = time.perf_counter() - t0
     row = test_aurocs(test_scores, data.test_labels.numpy(), trial["normal_class"], trial["anomaly_class"])
+    row["test_scores"] = np.asarray(test_scores, dtype=np.float32)  # kept per sample in the score store
 
     # Validation AUROC (held-out training images, never the test split): for model selection.
     val_index = np.concatenate([split.val_normal, split.val_anomaly])
     if len(split.val_normal) and len(split.val_anomaly):
         val_scores = method.score(data.train_images[torch.from_numpy(val_index).long()])
         val_is_anomaly = np.r_[np.zeros(len(split.val_normal)), np.ones(len(split.val_anomaly))]
-        from sklearn.metrics import roc_auc_score
-
         row["auroc_val"] = float(roc_auc_score(val_is_anomaly, val_scores))
 
     row.update(split.counts())
@@ -167,6 +167,11 @@ def tune_trial(config: dict) -> dict:
             ),
         )
         row.update(trainer.fit().return_value)
+        scores = row.pop("test_scores")
+        if ctx.get("scores_storage"):
+            # Scores first: an ok result row always has its scores beside it.
+            labels = load_dataset(trial["dataset"], ctx.get("data_root")).test_labels.numpy()
+            ScoreStore(ctx["scores_storage"]).write(row, scores, labels, trial["normal_class"])
         row["status"] = "ok"
     except Exception as exc:  # a failed trial is a row, and the sweep goes on
         row["status"] = "failed"

@@ -25,6 +25,7 @@ import json
 import os
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -79,7 +80,6 @@ SCHEMA = pa.schema(
         ("finished_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in PARTITION_COLUMNS])
 
 
 def _normalise(row: dict) -> dict:
@@ -90,68 +90,121 @@ def _normalise(row: dict) -> dict:
     return out
 
 
-class ResultStore:
-    """Write one trial row atomically; read all rows as an Arrow table."""
+# Per-sample test scores of ok trials (issue: keep every trial's scores), a dataset of its own.
+SCORE_SCHEMA = pa.schema(
+    [
+        ("trial_key", pa.string()),
+        ("profile", pa.string()),
+        ("scenario", pa.string()),
+        ("method", pa.string()),
+        ("sample_index", pa.int32()),  # position in the dataset's test split
+        ("label", pa.int16()),  # the test image's class
+        ("is_anomaly", pa.bool_()),
+        ("score", pa.float32()),  # higher = more anomalous, for every method
+    ]
+)
 
-    def __init__(self, uri: str):
+
+def scores_uri_for(results_uri: str) -> str:
+    """Where scores go by default: beside the results, ``.../results`` -> ``.../scores``."""
+    head, _, last = str(results_uri).rstrip("/").rpartition("/")
+    name = "scores" if last == "results" else f"{last}-scores"
+    return f"{head}/{name}" if head else name
+
+
+class PartitionedStore:
+    """A hive-partitioned Parquet dataset of one file per trial key, each written atomically."""
+
+    def __init__(self, uri: str, schema: pa.Schema):
         self.uri = str(uri)
         if "://" in self.uri:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.schema = schema
+        self.file_schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
+
+    @property
+    def location(self) -> str:
+        return self.uri if "://" in self.uri else self.root
 
     def path_for(self, row: dict) -> str:
         parts = [f"{col}={row[col]}" for col in PARTITION_COLUMNS]
         return "/".join([self.root, *parts, f"{row['trial_key']}.parquet"])
 
-    def write(self, row: dict) -> str:
-        row = _normalise(row)
-        for col in PARTITION_COLUMNS + ("trial_key", "status"):
+    def write_table(self, row: dict, table: pa.Table) -> str:
+        """Write ``table`` as the file of ``row``'s key and partitions; whole or not at all."""
+        for col in PARTITION_COLUMNS + ("trial_key",):
             if not row.get(col):
-                raise ValueError(f"a result row needs '{col}'")
-        table = pa.Table.from_pylist([{k: row[k] for k in FILE_SCHEMA.names}], schema=FILE_SCHEMA)
+                raise ValueError(f"a stored row needs '{col}'")
         final = self.path_for(row)
         directory = final.rsplit("/", 1)[0]
         self.fs.create_dir(directory, recursive=True)
         if self.is_local:
             # Temp name (hidden from readers by the leading dot) + atomic rename.
             tmp = f"{directory}/.{row['trial_key']}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(table, tmp, filesystem=self.fs)
+            pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
             os.replace(tmp, final)
         else:
             # Object stores: the object becomes visible only when the upload completes on close.
             sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
+            pq.write_table(table, sink, compression="zstd")
             with self.fs.open_output_stream(final) as out:
                 out.write(sink.getvalue())
         return final
 
     def _dataset(self):
-        info = self.fs.get_file_info(self.root)
-        if info.type == pafs.FileType.NotFound:
+        if self.fs.get_file_info(self.root).type == pafs.FileType.NotFound:
             return None
-        partitioning = pads.partitioning(
-            pa.schema([(c, pa.string()) for c in PARTITION_COLUMNS]), flavor="hive"
-        )
-        return pads.dataset(
-            self.root,
-            format="parquet",
-            filesystem=self.fs,
-            partitioning=partitioning,
-            schema=SCHEMA,
-            # Skip temp files and anything that is not a result file.
-            exclude_invalid_files=False,
-            ignore_prefixes=[".", "_"],
-        )
+        partitioning = pads.partitioning(pa.schema([(c, pa.string()) for c in PARTITION_COLUMNS]), flavor="hive")
+        # Temp files start with "."; anything starting with "_" is not ours either.
+        return pads.dataset(self.root, format="parquet", filesystem=self.fs, partitioning=partitioning,
+                            schema=self.schema, ignore_prefixes=[".", "_"])
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
+    def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
         dataset = self._dataset()
         if dataset is None:
-            return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
-        return dataset.to_table(columns=columns)
+            empty = self.schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return dataset.to_table(columns=columns, filter=filter)
+
+
+class ResultStore(PartitionedStore):
+    """One result row per trial key."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri, SCHEMA)
+
+    def write(self, row: dict) -> str:
+        row = _normalise(row)
+        if not row.get("status"):
+            raise ValueError("a result row needs 'status'")
+        table = pa.Table.from_pylist([{k: row[k] for k in self.file_schema.names}], schema=self.file_schema)
+        return self.write_table(row, table)
 
     def statuses(self) -> dict[str, str]:
         """trial_key -> status, for deciding what a sweep still has to run."""
         table = self.read(["trial_key", "status"])
         return dict(zip(table["trial_key"].to_pylist(), table["status"].to_pylist(), strict=True))
+
+
+class ScoreStore(PartitionedStore):
+    """One file of per-sample test scores per ok trial key."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri, SCORE_SCHEMA)
+
+    def write(self, row: dict, scores, labels, normal_class: int) -> str:
+        labels = np.asarray(labels)
+        table = pa.table(
+            {
+                "trial_key": pa.array([row["trial_key"]] * len(labels), pa.string()),
+                "sample_index": pa.array(np.arange(len(labels), dtype=np.int32)),
+                "label": pa.array(labels.astype(np.int16)),
+                "is_anomaly": pa.array(labels != normal_class),
+                "score": pa.array(np.asarray(scores, dtype=np.float32)),
+            },
+            schema=self.file_schema,
+        )
+        return self.write_table(row, table)

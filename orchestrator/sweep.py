@@ -33,7 +33,7 @@ from orchestrator.datasets import DatasetError, check_dataset, load_dataset
 from orchestrator.report import print_table
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
 from orchestrator.splits import SplitError
-from orchestrator.store import ResultStore
+from orchestrator.store import ResultStore, scores_uri_for
 
 # Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
 # GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
     p.add_argument("--storage", default="results", help="result store: a folder, s3://... or gs://...")
+    p.add_argument("--scores-storage", default=None,
+                   help="where per-sample test scores go (default: beside the results, results -> scores)")
+    p.add_argument("--no-scores", action="store_true", help="do not keep per-sample test scores")
     p.add_argument("--sweep-name", default=None, help="label stored in every row (default SCENARIO-PROFILE)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --workers)")
@@ -200,7 +203,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     except metadata.PackageNotFoundError:
         version = "unknown"
     ctx = {
-        "storage": store.uri if "://" in store.uri else store.root,
+        "storage": store.location,
+        "scores_storage": None if args.no_scores else (args.scores_storage or scores_uri_for(store.location)),
         "data_root": os.path.abspath(args.data_root) if args.data_root else None,
         "download": args.download,
         "sweep": args.sweep_name or f"{args.scenario}-{args.profile}",
@@ -360,6 +364,8 @@ def main(argv=None) -> int:
     print_table(rows, expected=len(plan.trials), index=scenario.table_rows, column=scenario.table_columns,
                 metric=scenario.metric)
     print(f"results: {plan.ctx['storage']}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
+    if plan.ctx["scores_storage"]:
+        print(f"per-sample test scores: {plan.ctx['scores_storage']}")
     # Non-zero when the grid is not complete, so scripts notice failed trials.
     return 0 if (rows["status"] == "ok").sum() == len(plan.trials) else 1
 
