@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from methods.registry import METHODS, get_method
-from orchestrator.datasets import DatasetError, check_dataset, load_dataset
+from orchestrator.datasets import DatasetError, canonical_name, check_dataset, load_dataset
 from orchestrator.report import print_table
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
 from orchestrator.splits import SplitError
@@ -165,8 +165,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise UserError("--max-concurrent must be at least 1")
     method_over, split_over = parse_overrides(args.overrides, methods)
 
-    dataset = args.dataset or profile.dataset
-    check_dataset(dataset, args.data_root)
+    # An ImageFolder path becomes absolute: trials run in other working directories.
+    dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
+    check_dataset(dataset, args.data_root, download=args.download)
     data = load_dataset(dataset, args.data_root, args.download)
     for name, classes in (("--normal-classes", args.normal_classes), ("--anomaly-classes", args.anomaly_classes)):
         bad = [c for c in classes or [] if not 0 <= c < data.num_classes]
