@@ -4,17 +4,18 @@ SimCLR's augmentations (Chen et al. 2020, as used by CSI and HSCL Sec. 4.2): Inc
 (random resized crop), horizontal flip, colour jitter, random grayscale; plus CSI's shifting
 transformation, rotation by k * 90 degrees. Every function takes a batch (N, C, H, W) and draws
 its random parameters per sample from a `torch.Generator`, as tensors: there is no loop over
-images (airbench style), so a batch of 512 digits costs about as much as one kernel launch each.
+images (airbench style), only a few tensor ops per batch.
 
 Plain torch rather than kornia: measured on 1 CPU thread, the pipeline below (crop + flip as one
-`grid_sample`, jitter, grayscale) took 0.2 ms for 256 8x8 digits and 10 ms for 256 32x32x3
-images; kornia 0.9's `AugmentationSequential` with the same four ops took 8 ms and 29 ms. On the
-quick profile's tiny images kornia's per-call overhead alone would be a third of the training
-time, and plain torch also takes our seeded `torch.Generator`, so runs repeat exactly.
+`grid_sample`, jitter, grayscale) took 0.3 ms for 256 8x8 digits and 10 ms for 256 32x32x3
+images; kornia 0.9's `AugmentationSequential` with the same four ops took 4-5 ms and 25-27 ms.
+On the quick profile's tiny images kornia's per-call overhead alone would be about a fifth of the
+training time, and plain torch draws from our seeded `torch.Generator`, so runs repeat exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -92,11 +93,9 @@ def color_jitter(
     order (torchvision shuffles it per call), which keeps this one pass of tensor ops.
     """
     n, c, dev = x.shape[0], x.shape[1], x.device
-    apply = (torch.rand(n, generator=generator, device=dev) < p).view(n, 1, 1, 1)
 
-    def factor() -> torch.Tensor:  # (N, 1, 1, 1), 1 where the sample is not jittered
-        f = _uniform(n, 1 - strength, 1 + strength, generator, dev).view(n, 1, 1, 1)
-        return torch.where(apply, f, torch.ones_like(f))
+    def factor() -> torch.Tensor:  # (N, 1, 1, 1), one factor per sample
+        return _uniform(n, 1 - strength, 1 + strength, generator, dev).view(n, 1, 1, 1)
 
     out = (x * factor()).clamp(0, 1)  # brightness
     mean = (_gray(out) if c == 3 else out).mean(dim=(1, 2, 3), keepdim=True)
@@ -107,23 +106,29 @@ def color_jitter(
         # Hue: rotate the chroma plane of YIQ by an angle in [-s/4, s/4] turns. A linear stand-in
         # for torchvision's HSV hue shift that needs no per-pixel branches.
         angle = _uniform(n, -strength / 4, strength / 4, generator, dev) * 2 * math.pi
-        angle = torch.where(apply.view(n), angle, torch.zeros_like(angle))
         out = _hue_rotate(out, angle).clamp(0, 1)
-    return out
+    # Jitter every sample, keep the result for a random subset (cheaper than gathering a subset).
+    apply = torch.rand(n, generator=generator, device=dev) < p
+    return torch.where(apply.view(n, 1, 1, 1), out, x)
 
 
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+@functools.lru_cache(maxsize=8)
+def _yiq(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB -> YIQ, YIQ -> RGB) 3x3 matrices, copied to each device once, not once per batch."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          dtype=torch.float64)
+    return to_yiq.to(device, dtype), torch.linalg.inv(to_yiq).to(device, dtype)
 
 
 def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """x (N, 3, H, W), angle (N,) radians -> hue-rotated x, via one (N, 3, 3) colour matrix each."""
-    to_yiq = _RGB2YIQ.to(x.device, x.dtype)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(angle.shape[0], 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (N, 3, 3)
+    to_yiq, to_rgb = _yiq(x.device, x.dtype)
+    m = to_rgb @ rot @ to_yiq  # (N, 3, 3)
     return torch.einsum("nij,njhw->nihw", m, x)
 
 

@@ -51,6 +51,7 @@ class Method(Protocol):
     name: ClassVar[str]
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, dict[str, Any]]]  # e.g. {"quick": {...overrides...}, "paper": {}}
+    uses_labels: ClassVar[bool]  # optional, True if absent: False for a method that ignores `kind`
 
     def __init__(self, config: Any, device: torch.device, seed: int): ...
 

@@ -72,7 +72,7 @@ def run_trial(trial: dict, *, data_root: str | None = None, download: bool = Fal
     t0 = time.perf_counter()
     summary = method.fit(train, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - t0
-    if not np.isfinite(summary.get("final_loss", 0.0)):
+    if summary.get("epochs", 0) > 0 and not np.isfinite(summary.get("final_loss", 0.0)):
         raise FloatingPointError(f"training diverged: final loss {summary['final_loss']}")
 
     t0 = time.perf_counter()
@@ -116,6 +116,7 @@ def base_row(trial: dict, ctx: dict) -> dict:
                                  "params")},
         "trial_key": trial_key(trial),
         "config": trial,
+        "uses_labels": bool(getattr(get_method(trial["method"]), "uses_labels", True)),
         "sweep": ctx.get("sweep"),
         "workers": ctx.get("workers", 0),
         "package_version": ctx.get("package_version"),

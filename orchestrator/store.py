@@ -21,6 +21,7 @@ Readers need nothing from this module::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -51,6 +52,7 @@ SCHEMA = pa.schema(
         ("val_fraction", pa.float64()),
         ("seed", pa.int32()),
         ("params", pa.string()),  # the method's full config, JSON
+        ("uses_labels", pa.bool_()),  # False: an unsupervised method that ignored the labels it was given
         ("config", pa.string()),  # the whole trial config that trial_key hashes, JSON
         ("status", pa.string()),  # "ok" or "failed"
         ("error", pa.string()),
@@ -208,3 +210,28 @@ class ScoreStore(PartitionedStore):
             schema=self.file_schema,
         )
         return self.write_table(row, table)
+
+
+# Sweep manifests: which keys a sweep command asked for, so a summary can count what is missing.
+# They live under "_sweeps/", which Parquet readers skip (the leading underscore).
+MANIFEST_DIR = "_sweeps"
+
+
+def write_manifest(store: PartitionedStore, manifest: dict) -> str:
+    keys = sorted(manifest["keys"])
+    name = f"{manifest['sweep']}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:12]}.json"
+    path = f"{store.root}/{MANIFEST_DIR}/{name}"
+    store.fs.create_dir(f"{store.root}/{MANIFEST_DIR}", recursive=True)
+    with store.fs.open_output_stream(path) as out:
+        out.write(json.dumps({**manifest, "keys": keys}, indent=1).encode())
+    return path
+
+
+def read_manifests(store: PartitionedStore) -> list[dict]:
+    selector = pafs.FileSelector(f"{store.root}/{MANIFEST_DIR}", allow_not_found=True)
+    manifests = []
+    for info in store.fs.get_file_info(selector):
+        if info.is_file and info.path.endswith(".json"):
+            with store.fs.open_input_stream(info.path) as f:
+                manifests.append(json.loads(f.read()))
+    return sorted(manifests, key=lambda m: m.get("created_at", ""))

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from orchestrator.datasets import DatasetError, canonical_name, check_dataset, l
 from orchestrator.report import print_table
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
 from orchestrator.splits import SplitError
-from orchestrator.store import ResultStore, scores_uri_for
+from orchestrator.store import ResultStore, scores_uri_for, write_manifest
 
 # Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
 # GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
@@ -350,6 +351,12 @@ def main(argv=None) -> int:
         if len(plan.todo) > 10:
             print(f"  ... and {len(plan.todo) - 10} more")
         return 0
+    write_manifest(plan.store, {
+        "sweep": plan.ctx["sweep"], "scenario": args.scenario, "profile": args.profile,
+        "command": " ".join(["python -m orchestrator.sweep", *(argv if argv is not None else sys.argv[1:])]),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "keys": [trial_key(t) for t in plan.trials],
+    })
     if plan.todo:
         start = time.monotonic()
         try:
