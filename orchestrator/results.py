@@ -51,9 +51,13 @@ def connect(storage: str, scores: str | None = None) -> duckdb.DuckDBPyConnectio
     return con
 
 
-def load_rows(storage: str, where: str | None = None) -> pd.DataFrame:
+GRID_ROWS = "(kind IS NULL OR kind <> 'search')"  # search trials have no test AUROCs
+
+
+def load_rows(storage: str, where: str | None = None, include_search: bool = False) -> pd.DataFrame:
     con = connect(storage)
-    query = "SELECT * FROM results" + (f" WHERE {where}" if where else "")
+    clauses = [c for c in (where, None if include_search else GRID_ROWS) if c]
+    query = "SELECT * FROM results" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
     return con.sql(query).df()
 
 

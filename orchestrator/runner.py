@@ -55,42 +55,65 @@ def split_for(trial: dict, train_labels, num_classes: int):
 
 
 def run_trial(trial: dict, *, data_root: str | None = None, download: bool = False,
-              device: torch.device | None = None, on_epoch=None) -> dict:
-    """Train and evaluate one grid point; returns the measured part of a result row."""
+              device: torch.device | None = None, on_epoch=None, evaluate_test: bool = True,
+              val_every: int = 0) -> dict:
+    """Train and evaluate one grid point; returns the measured part of a result row.
+
+    ``evaluate_test=False`` (searches) never touches the test split: only the validation part
+    of the training data is scored. ``val_every=k`` adds the validation AUROC to the metrics
+    passed to ``on_epoch`` every k epochs (for early stopping), where the method can score
+    mid-training.
+    """
     device = device or pick_device()
     started = time.perf_counter()
     data = load_dataset(trial["dataset"], data_root, download)
-    split = split_for(trial, data.train_labels.numpy(), data.num_classes)
+    train_images, train_labels = data.train_images, data.train_labels.numpy()
+    split = split_for(trial, train_labels, data.num_classes)
 
     parts = [split.unlabeled, split.labeled_normal, split.labeled_anomaly]
     index = torch.from_numpy(np.concatenate(parts)).long()
     kind = torch.cat([torch.full((len(p),), k, dtype=torch.int8) for p, k in zip(parts, (0, 1, -1), strict=True)])
-    train = TrainSet(images=data.train_images[index], kind=kind)
+    train = TrainSet(images=train_images[index], kind=kind)
+
+    # Validation: held-out training images of every class, never the test split.
+    val_index = torch.from_numpy(np.concatenate([split.val_normal, split.val_anomaly])).long()
+    val_images = train_images[val_index]
+    val_is_anomaly = np.r_[np.zeros(len(split.val_normal)), np.ones(len(split.val_anomaly))]
+    has_val = len(split.val_normal) > 0 and len(split.val_anomaly) > 0
+
+    def val_auroc() -> float:
+        return float(roc_auc_score(val_is_anomaly, method.score(val_images)))
+
+    epoch_callback = on_epoch
+    if on_epoch is not None and val_every > 0 and has_val:
+        def epoch_callback(epoch, metrics):
+            if epoch % val_every == 0:
+                try:
+                    metrics = {**metrics, "auroc_val": val_auroc()}
+                except (RuntimeError, AttributeError):  # this method can only score after fit()
+                    pass
+            on_epoch(epoch, metrics)
 
     cls = get_method(trial["method"])
     method = cls(cls.Config(**trial["params"]), device, stable_seed("train", trial_key(trial)))
     t0 = time.perf_counter()
-    summary = method.fit(train, on_epoch=on_epoch)
+    summary = method.fit(train, on_epoch=epoch_callback)
     train_seconds = time.perf_counter() - t0
     if summary.get("epochs", 0) > 0 and not np.isfinite(summary.get("final_loss", 0.0)):
         raise FloatingPointError(f"training diverged: final loss {summary['final_loss']}")
 
-    t0 = time.perf_counter()
-    test_scores = method.score(data.test_images)
-    score_seconds = time.perf_counter() - t0
-    row = test_aurocs(test_scores, data.test_labels.numpy(), trial["normal_class"], trial["anomaly_class"])
-    row["test_scores"] = np.asarray(test_scores, dtype=np.float32)  # kept per sample in the score store
-
-    # Validation AUROC (held-out training images, never the test split): for model selection.
-    val_index = np.concatenate([split.val_normal, split.val_anomaly])
-    if len(split.val_normal) and len(split.val_anomaly):
-        val_scores = method.score(data.train_images[torch.from_numpy(val_index).long()])
-        val_is_anomaly = np.r_[np.zeros(len(split.val_normal)), np.ones(len(split.val_anomaly))]
-        row["auroc_val"] = float(roc_auc_score(val_is_anomaly, val_scores))
+    row = {"auroc_val": val_auroc() if has_val else None}
+    score_seconds = 0.0
+    if evaluate_test:
+        t0 = time.perf_counter()
+        test_scores = method.score(data.test_images)
+        score_seconds = time.perf_counter() - t0
+        row.update(test_aurocs(test_scores, data.test_labels.numpy(), trial["normal_class"], trial["anomaly_class"]))
+        row["n_test"] = len(test_scores)
+        row["test_scores"] = np.asarray(test_scores, dtype=np.float32)  # kept per sample in the score store
 
     row.update(split.counts())
     row.update(
-        n_test=len(data.test_labels),
         epochs=int(summary.get("epochs", 0)),
         world_size=int(summary.get("world_size", 1)),
         final_loss=float(summary.get("final_loss", float("nan"))),
@@ -118,6 +141,8 @@ def base_row(trial: dict, ctx: dict) -> dict:
         "config": trial,
         "uses_labels": bool(getattr(get_method(trial["method"]), "uses_labels", True)),
         "sweep": ctx.get("sweep"),
+        "kind": "sweep",
+        "params_source": ctx.get("params_source"),
         "workers": ctx.get("workers", 0),
         "package_version": ctx.get("package_version"),
         "git_sha": ctx.get("git_sha"),
@@ -143,11 +168,13 @@ def train_loop(config: dict):
 
 def tune_trial(config: dict) -> dict:
     """The Ray Tune trainable: one grid point as one TorchTrainer run, one row in the store."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     trial, ctx = config["trial"], config["ctx"]
     row = base_row(trial, ctx)
+    row["node_id"] = ray.get_runtime_context().get_node_id()
     row["started_at"] = _now()
     workers = int(ctx.get("workers", 0))
     try:

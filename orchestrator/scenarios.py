@@ -56,9 +56,64 @@ SCENARIOS = {
         name="scenario2",
         description="HSCL Scenario-2 (Table 2): contaminated one-class classification, "
         "10 normal x 9 known-anomaly classes, gamma_p in {0, .05, .10}, gamma_l = .05",
-        methods=("hscl",),
+        methods=("hscl", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
         gamma_p=(0.0, 0.05, 0.10),
         gamma_l=(0.05,),
+    ),
+    "scenario1": Scenario(
+        name="scenario1",
+        description="HSCL Scenario-1 (Table 1): semi-supervised one-class classification, 10 normal x 9 "
+        "known-anomaly classes, labeled normals and anomalies both at gamma_l in {.01, .05, .10}, no pollution "
+        "(--gamma-l 0 gives the .00 column of the unsupervised methods)",
+        methods=("hscl", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
+        gamma_p=(0.0,),
+        gamma_l=(0.01, 0.05, 0.10),
+        gamma_l_normal=None,  # "the labeled ratio of X_n and X_a both as gamma_l"
+        table_columns="gamma_l",
+    ),
+    # HSCL's ablations (Sec. 4.4) run in the Scenario-2 setting gamma_p = gamma_l = .05, the one the
+    # paper names for its visualisation (Fig. 3). Rows: the settings; columns: the dataset, as in
+    # Table 5 and in Fig. 4's curves (one per dataset).
+    "hscl-ablation": Scenario(
+        name="hscl-ablation",
+        description="HSCL Table 5: each relation (S-S, S-P, N-A) and each term of Eq. (4) removed in turn, "
+        "10 normal x 9 known-anomaly classes, gamma_p = gamma_l = .05",
+        methods=("hscl",),
+        gamma_p=(0.05,),
+        gamma_l=(0.05,),
+        variants={
+            "w/o S-S": {"use_ss": False},
+            "w/o S-P": {"use_sp": False},  # k-NN score instead of prototypes, no soft weights
+            "w/o N-A": {"use_na": False},
+            "w/o pos in S-P": {"sp_pos": False},
+            "w/o neg in S-P": {"sp_neg": False},
+            "full": {},
+        },
+        table_rows=("variant",),
+        table_columns="dataset",
+    ),
+    "hscl-wdelta": Scenario(
+        name="hscl-wdelta",
+        description="HSCL Fig. 4 left: AUROC against the sampling threshold w_delta of Eq. (7) in {.2, ..., .8}, "
+        "normal class 0 only (the paper's 'plane') x 9 known-anomaly classes, gamma_p = gamma_l = .05",
+        methods=("hscl",),
+        gamma_p=(0.05,),
+        gamma_l=(0.05,),
+        normal_classes=(0,),
+        variants={f"w_delta={w}": {"w_delta": w} for w in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)},
+        table_rows=("variant",),
+        table_columns="dataset",
+    ),
+    "hscl-prototypes": Scenario(
+        name="hscl-prototypes",
+        description="HSCL Fig. 4 right: AUROC against the number of prototypes K in {1, 2, 4, 8}, "
+        "10 normal x 9 known-anomaly classes, gamma_p = gamma_l = .05",
+        methods=("hscl",),
+        gamma_p=(0.05,),
+        gamma_l=(0.05,),
+        variants={f"K={k}": {"n_prototypes": k} for k in (1, 2, 4, 8)},
+        table_rows=("variant",),
+        table_columns="dataset",
     ),
 }
 
@@ -99,16 +154,20 @@ def expand(
     val_fraction: float = 0.05,
     gamma_p: list[float] | None = None,
     gamma_l: list[float] | None = None,
+    method_overrides: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Every trial of a scenario, in a stable order. Pure: no data is read, nothing is run.
 
     ``gamma_p`` / ``gamma_l`` replace the scenario's own axes (e.g. to run one column of a table).
+    ``overrides`` apply to every method that has the key; ``method_overrides[m]`` to method m only
+    (e.g. a search's best parameters).
     """
     methods = list(methods or scenario.methods)
     normals = list(normal_classes if normal_classes is not None else scenario.normal_classes or range(num_classes))
     anomalies = anomaly_classes if anomaly_classes is not None else scenario.anomaly_classes
     anomalies = list(anomalies if anomalies is not None else range(num_classes))
-    params = {m: method_params(m, profile.name, overrides) for m in methods}
+    params = {m: method_params(m, profile.name, {**(overrides or {}), **(method_overrides or {}).get(m, {})})
+              for m in methods}
     for name, values in (scenario.variants or {}).items():
         for m in methods:
             unknown = set(values) - set(params[m])

@@ -39,6 +39,8 @@ SCHEMA = pa.schema(
     [
         ("trial_key", pa.string()),
         ("sweep", pa.string()),
+        ("kind", pa.string()),  # "sweep": a grid point with test AUROCs; "search": a search trial (validation only)
+        ("params_source", pa.string()),  # where non-default params came from, e.g. a search's best-params YAML
         ("profile", pa.string()),
         ("scenario", pa.string()),
         ("method", pa.string()),
@@ -74,6 +76,7 @@ SCHEMA = pa.schema(
         ("trial_seconds", pa.float64()),
         ("device", pa.string()),
         ("hostname", pa.string()),
+        ("node_id", pa.string()),  # the Ray node the trial ran on
         ("workers", pa.int32()),  # Ray Train workers asked for (0: the trial's own process)
         ("world_size", pa.int32()),  # processes that trained together (DDP ranks)
         ("package_version", pa.string()),
@@ -142,8 +145,8 @@ class PartitionedStore:
                 raise ValueError(f"a stored row needs '{col}'")
         final = self.path_for(row)
         directory = final.rsplit("/", 1)[0]
-        self.fs.create_dir(directory, recursive=True)
         if self.is_local:
+            self.fs.create_dir(directory, recursive=True)
             # Temp name (hidden from readers by the leading dot) + atomic rename.
             tmp = f"{directory}/.{row['trial_key']}.{uuid.uuid4().hex}.tmp"
             pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
@@ -221,7 +224,8 @@ def write_manifest(store: PartitionedStore, manifest: dict) -> str:
     keys = sorted(manifest["keys"])
     name = f"{manifest['sweep']}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:12]}.json"
     path = f"{store.root}/{MANIFEST_DIR}/{name}"
-    store.fs.create_dir(f"{store.root}/{MANIFEST_DIR}", recursive=True)
+    if store.is_local:  # object stores have no folders (marker objects would confuse s3fs readers)
+        store.fs.create_dir(f"{store.root}/{MANIFEST_DIR}", recursive=True)
     with store.fs.open_output_stream(path) as out:
         out.write(json.dumps({**manifest, "keys": keys}, indent=1).encode())
     return path

@@ -29,6 +29,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+from pyarrow import ArrowException
+
 from methods.registry import METHODS, get_method
 from orchestrator.datasets import DatasetError, canonical_name, check_dataset, load_dataset
 from orchestrator.report import print_table
@@ -76,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
+    p.add_argument("--params-from", default=None, metavar="YAML",
+                   help="a method's parameters from a file, e.g. a search's best (search/hscl-best.yaml)")
     p.add_argument("--storage", default="results", help="result store: a folder, s3://... or gs://...")
     p.add_argument("--scores-storage", default=None,
                    help="where per-sample test scores go (default: beside the results, results -> scores)")
@@ -127,6 +132,25 @@ def parse_overrides(pairs: list[str], methods: list[str]) -> tuple[dict, dict]:
     return method_over, split_over
 
 
+def read_params_file(path: str, methods: list[str]) -> dict[str, dict]:
+    """``{method: params}`` from a YAML file with keys ``method`` and ``params`` (a search's best)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"--params-from {path}: cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--params-from {path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or "method" not in data:
+        raise UserError(f"--params-from {path}: expected keys 'method' and 'params'")
+    method = data["method"]
+    if method not in methods:
+        raise UserError(f"--params-from {path}: parameters are for '{method}', which this sweep does not run "
+                        f"({', '.join(methods)})")
+    pairs = [f"{k}={v}" for k, v in data["params"].items()]
+    typed, _ = parse_overrides(pairs, [method])
+    return {method: typed}
+
+
 def git_sha() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -165,6 +189,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
     method_over, split_over = parse_overrides(args.overrides, methods)
+    per_method = read_params_file(args.params_from, methods) if args.params_from else {}
 
     # An ImageFolder path becomes absolute: trials run in other working directories.
     dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
@@ -179,7 +204,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes,
                         dataset=dataset, normal_classes=args.normal_classes,
                         anomaly_classes=args.anomaly_classes, overrides=method_over,
-                        gamma_p=args.gamma_p, gamma_l=args.gamma_l, **split_over)
+                        gamma_p=args.gamma_p, gamma_l=args.gamma_l, method_overrides=per_method, **split_over)
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad method parameters: {exc}") from None
     if not trials:
@@ -214,6 +239,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         "cpus_per_worker": args.cpus_per_trial,
         "gpus_per_trial": args.gpus_per_trial,
         "report_epochs": args.report_epochs,
+        "params_source": os.path.abspath(args.params_from) if args.params_from else None,
         "package_version": version,
         "git_sha": git_sha(),
     }
@@ -351,12 +377,16 @@ def main(argv=None) -> int:
         if len(plan.todo) > 10:
             print(f"  ... and {len(plan.todo) - 10} more")
         return 0
-    write_manifest(plan.store, {
-        "sweep": plan.ctx["sweep"], "scenario": args.scenario, "profile": args.profile,
-        "command": " ".join(["python -m orchestrator.sweep", *(argv if argv is not None else sys.argv[1:])]),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "keys": [trial_key(t) for t in plan.trials],
-    })
+    try:  # the first write: storage that cannot be written stops here, before any training
+        write_manifest(plan.store, {
+            "sweep": plan.ctx["sweep"], "scenario": args.scenario, "profile": args.profile,
+            "command": " ".join(["python -m orchestrator.sweep", *(argv if argv is not None else sys.argv[1:])]),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "keys": [trial_key(t) for t in plan.trials],
+        })
+    except (OSError, ArrowException) as exc:
+        print(f"error: cannot write to storage {plan.ctx['storage']}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     if plan.todo:
         start = time.monotonic()
         try:

@@ -14,8 +14,8 @@ def small_store(tmp_path_factory) -> Path:
     """A store from a real sweep: normal class 0, known classes 1 and 2, three gamma_p: 6 trials."""
     store = tmp_path_factory.mktemp("store") / "results"
     run = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--normal-classes", "0", "--anomaly-classes", "1,2",
-         "--storage", str(store), "--set", "epochs=3"],
+        [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", "--normal-classes", "0",
+         "--anomaly-classes", "1,2", "--storage", str(store), "--set", "epochs=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -20,7 +20,7 @@ FAST = ["--set", "epochs=3"]  # plumbing tests: a few epochs are enough
 
 
 def sweep(*args, timeout=300, **popen):
-    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", *args]
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
 
 
@@ -67,7 +67,8 @@ def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
     store = tmp_path / "results"
     args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST]
     # Kill the driver and every process it started (its session) once two trials are saved.
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", "scenario2", *args], cwd=ROOT,
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while len(result_files(store)) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -125,7 +126,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, 
 
 def test_dry_run_reports_the_grid_and_runs_nothing(tmp_path, capsys):
     store = tmp_path / "results"
-    assert main(["scenario2", "--dry-run", "--storage", str(store)]) == 0
+    assert main(["scenario2", "--methods", "hscl", "--dry-run", "--storage", str(store)]) == 0
     out = capsys.readouterr().out
     assert "270 trials in the grid, 0 done, 270 to run" in out
     assert not store.exists()

@@ -1,0 +1,355 @@
+"""Search a method's weights with Optuna on validation data only: ``python -m orchestrator.search``.
+
+    python -m orchestrator.search hscl --space search_spaces/hscl.yaml --scenario scenario2 --trials 64
+    python -m orchestrator.sweep scenario2 --params-from search/hscl-best.yaml
+
+Each search trial is one Ray Tune trial: Optuna (TPE by default) proposes parameters, the trial
+trains the method on a few (normal, known anomaly) pairs of the scenario, one after another, and
+its objective is the mean AUROC on the *validation* part of the training data (``auroc_val``).
+The test split is never loaded into the computation: ``run_trial(..., evaluate_test=False)``.
+Per-epoch validation AUROCs go to Tune as they come, so ASHA stops poor trials early; the
+reported value at pair j, epoch e is the mean of the finished pairs' AUROCs and pair j's current
+one, so every trial reports comparable numbers at the same step.
+
+Every search trial becomes a row in the result store (``kind = "search"``). The Optuna study is
+kept in a journal file (``search/<study>.journal``), so running the same command again adds more
+trials to the same study. Outputs: ``search/<method>-best.yaml`` (read by ``sweep
+--params-from``) and ``search/<study>-history.png`` / ``-importance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from methods.registry import METHODS, get_method
+from orchestrator.scenarios import PROFILES, SCENARIOS, method_params, trial_key
+
+KINDS = {"float", "int", "log", "categorical"}
+FIELDS = {"type", "low", "high", "step", "choices", "condition"}
+
+
+class SpaceError(ValueError):
+    """A bad search space: one line naming the file and the bad key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Search spaces (plain YAML, validated on load)
+
+
+def load_space(path: str) -> dict:
+    """Read and validate a search space; returns {"method": str, "params": {name: spec}}.
+
+    A spec is ``{type: float|int|log|categorical, low, high[, step] | choices[, condition]}``;
+    ``condition: {other_param: value}`` samples the parameter only when the other one (sampled
+    earlier in the file) took that value.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read the search space ({exc.strerror})") from None
+    try:
+        space = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise SpaceError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(space, dict) or set(space) - {"method", "params"} or "params" not in space:
+        raise SpaceError(f"{path}: expected top-level keys 'method' and 'params'")
+    method = space.get("method")
+    if method not in METHODS:
+        raise SpaceError(f"{path}: method: unknown method '{method}'; known: {', '.join(METHODS)}")
+    defaults = dataclasses.asdict(get_method(method).Config())
+    params = space["params"]
+    if not isinstance(params, dict) or not params:
+        raise SpaceError(f"{path}: params: give at least one parameter")
+    seen = []
+    for name, spec in params.items():
+        key = f"{path}: params.{name}"
+        if name not in defaults:
+            raise SpaceError(f"{key}: {method} has no parameter '{name}'")
+        if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+            raise SpaceError(f"{key}.type: must be one of {sorted(KINDS)}")
+        unknown = set(spec) - FIELDS
+        if unknown:
+            raise SpaceError(f"{key}: unknown key '{sorted(unknown)[0]}'; allowed: {sorted(FIELDS)}")
+        if spec["type"] == "categorical":
+            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+                raise SpaceError(f"{key}.choices: a categorical parameter needs a non-empty list of choices")
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+                raise SpaceError(f"{key}: low and high must be numbers")
+            if low >= high:
+                raise SpaceError(f"{key}: low ({low}) must be below high ({high})")
+            if spec["type"] == "log" and low <= 0:
+                raise SpaceError(f"{key}.low: a log range must be positive")
+            if spec["type"] == "int" and not (float(low).is_integer() and float(high).is_integer()):
+                raise SpaceError(f"{key}: an int range needs integer low and high")
+        for other in (spec.get("condition") or {}):
+            if other not in seen:
+                raise SpaceError(f"{key}.condition: '{other}' must be a parameter listed before '{name}'")
+        seen.append(name)
+    return {"method": method, "params": params}
+
+
+def suggest(trial, params: dict) -> dict:
+    """Optuna define-by-run: sample every parameter whose condition holds."""
+    chosen = {}
+    for name, spec in params.items():
+        condition = spec.get("condition") or {}
+        if any(chosen.get(k) != v for k, v in condition.items()):
+            continue
+        kind = spec["type"]
+        if kind == "categorical":
+            chosen[name] = trial.suggest_categorical(name, spec["choices"])
+        elif kind == "int":
+            chosen[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)))
+        else:
+            chosen[name] = trial.suggest_float(name, spec["low"], spec["high"], log=kind == "log",
+                                               step=spec.get("step"))
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------
+# One search trial: a few pairs, validation AUROC only
+
+
+def search_trials(base: dict, pairs: list[tuple[int, int]], params: dict) -> list[dict]:
+    """The grid-point trials one search trial trains (same shape as a sweep's, no test)."""
+    return [{**base, "normal_class": n, "anomaly_class": a, "params": params} for n, a in pairs]
+
+
+def search_trainable(config: dict, ctx: dict) -> dict:
+    """Ray Tune trainable: train every pair with the proposed params; objective = mean auroc_val."""
+    import ray.tune
+    import torch
+
+    from orchestrator.runner import run_trial
+
+    torch.set_num_threads(max(1, int(ctx.get("cpus_per_trial", 1))))
+    params = {**ctx["base_params"], **config}
+    trials = search_trials(ctx["base"], ctx["pairs"], params)
+    epochs = int(params.get("epochs", 1))
+    finished: list[float] = []
+
+    for j, trial in enumerate(trials):
+        def on_epoch(epoch, metrics, j=j):
+            current = metrics.get("auroc_val")
+            if current is not None:  # running objective: finished pairs + this pair so far
+                ray.tune.report({"auroc_val": float(np.mean([*finished, current])), "pair": j, "epoch": epoch,
+                                 "step": j * epochs + epoch})
+
+        row = run_trial(trial, data_root=ctx.get("data_root"), on_epoch=on_epoch, evaluate_test=False,
+                        val_every=ctx.get("val_every", 1))
+        finished.append(row["auroc_val"])
+    final = float(np.mean(finished))
+    return {"auroc_val": final, "pair": len(trials), "epoch": epochs, "step": len(trials) * epochs + 1,
+            "per_pair": finished}
+
+
+def search_row(ctx: dict, params: dict, auroc_val: float | None, status: str, error: str | None = None) -> dict:
+    full = {**ctx["base_params"], **params}
+    config = {"kind": "search", **ctx["base"], "pairs": [list(p) for p in ctx["pairs"]], "params": full}
+    return {
+        "trial_key": trial_key(config), "sweep": ctx["study"], "kind": "search", "config": config,
+        "params": full, "status": status, "error": error, "auroc_val": auroc_val,
+        **{k: ctx["base"][k] for k in ("profile", "scenario", "method", "dataset", "gamma_p", "gamma_l",
+                                       "gamma_l_normal", "val_fraction", "seed")},
+        "finished_at": datetime.now(timezone.utc),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pairs look like 0:1,3:5 (normal:known anomaly), got '{text}'") from None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("method")
+    p.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/hscl.yaml")
+    p.add_argument("--scenario", default="scenario2")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--pairs", type=_pairs, default=[(0, 1), (3, 5), (8, 9)],
+                   help="(normal:known) pairs to average the validation AUROC over (default 0:1,3:5,8:9)")
+    p.add_argument("--gamma-p", type=float, default=None, help="pollution ratio (default: the scenario's middle one)")
+    p.add_argument("--trials", type=int, default=16, help="search trials to add to the study")
+    p.add_argument("--sampler", choices=["tpe", "random", "cmaes", "qmc"], default="tpe")
+    p.add_argument("--seed", type=int, default=0, help="data seed (splits, initialisation)")
+    p.add_argument("--study", default=None, help="study name (default METHOD-SCENARIO-PROFILE)")
+    p.add_argument("--search-dir", default="search", help="local folder for the study journal, best YAML, plots")
+    p.add_argument("--storage", default="results", help="the result store for the search rows")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed method parameters for every trial, e.g. --set epochs=20")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--no-asha", action="store_true", help="no early stopping")
+    p.add_argument("--val-every", type=int, default=2, help="validation AUROC every k epochs (for ASHA)")
+    return p.parse_args(argv)
+
+
+def build(args) -> dict:
+    """Validate everything before any work; returns the search context."""
+    from orchestrator.datasets import canonical_name, load_dataset
+    from orchestrator.sweep import UserError, parse_overrides
+
+    if args.method not in METHODS:
+        raise UserError(f"unknown method '{args.method}'; known methods: {', '.join(METHODS)}")
+    space = load_space(args.space)
+    if space["method"] != args.method:
+        raise UserError(f"{args.space} is a space for '{space['method']}', not '{args.method}'")
+    if args.scenario not in SCENARIOS or args.profile not in PROFILES:
+        raise UserError(f"unknown scenario '{args.scenario}' or profile '{args.profile}'")
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    scenario, profile = SCENARIOS[args.scenario], PROFILES[args.profile]
+    overrides, _ = parse_overrides(args.overrides, [args.method])
+    dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
+    data = load_dataset(dataset, args.data_root)
+    gamma_p = args.gamma_p if args.gamma_p is not None else scenario.gamma_p[len(scenario.gamma_p) // 2]
+    gamma_l = scenario.gamma_l[0]
+    base = {"scenario": args.scenario, "profile": args.profile, "dataset": dataset, "method": args.method,
+            "variant": None, "gamma_p": float(gamma_p), "gamma_l": float(gamma_l),
+            "gamma_l_normal": float(scenario.gamma_l_normal[0] if scenario.gamma_l_normal else gamma_l),
+            "val_fraction": 0.05, "seed": args.seed}
+    for n, a in args.pairs:
+        if not (0 <= n < data.num_classes and 0 <= a < data.num_classes) or n == a:
+            raise UserError(f"--pairs {n}:{a}: classes must differ and lie in 0..{data.num_classes - 1}")
+    # Every pair's split must be possible (same check as a sweep).
+    from orchestrator.runner import split_for
+
+    for trial in search_trials(base, args.pairs, {}):
+        split_for(trial, data.train_labels.numpy(), data.num_classes)
+    study = args.study or f"{args.method}-{args.scenario}-{args.profile}"
+    return {"space": space, "base": base, "pairs": [list(p) for p in args.pairs], "study": study,
+            "base_params": method_params(args.method, args.profile, overrides), "data_root": args.data_root,
+            "val_every": args.val_every, "cpus_per_trial": 1}
+
+
+def main(argv=None) -> int:
+    from orchestrator.datasets import DatasetError
+    from orchestrator.splits import SplitError
+    from orchestrator.sweep import UserError
+
+    args = parse_args(argv)
+    try:
+        ctx = build(args)
+    except (SpaceError, UserError, DatasetError, SplitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.store import ResultStore
+
+    for noisy in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    search_dir = Path(args.search_dir)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(search_dir / f"{ctx['study']}.journal")))
+    try:
+        previous = len(optuna.load_study(study_name=ctx["study"], storage=journal).trials)
+    except KeyError:
+        previous = 0
+    # A new sampler seed per run: with the same seed a second run would repeat the first's points.
+    seed = args.seed * 1000 + previous
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "cmaes": optuna.samplers.CmaEsSampler, "qmc": optuna.samplers.QMCSampler}
+    # A partial of a module function (not a lambda): Tune pickles the searcher with its state.
+    searcher = OptunaSearch(space=functools.partial(suggest, params=ctx["space"]["params"]), metric="auroc_val",
+                            mode="max", sampler=samplers[args.sampler](seed=seed), storage=journal,
+                            study_name=ctx["study"])
+    epochs = int(ctx["base_params"].get("epochs", 1))
+    max_t = len(ctx["pairs"]) * epochs + 1
+    scheduler = None if args.no_asha else ASHAScheduler(
+        time_attr="step", max_t=max_t, grace_period=max(1, epochs // 2), reduction_factor=2)
+
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    concurrent = max(1, min(cpus, args.max_concurrent or cpus, args.trials))
+    print(f"search {ctx['study']}: {args.trials} new trials ({previous} in the study already), {concurrent} at a "
+          f"time, pairs {ctx['pairs']}, gamma_p {ctx['base']['gamma_p']}; objective auroc_val (validation only)")
+    tune_dir = tempfile.mkdtemp(prefix="adsweep-search-")
+    try:
+        grid = tune.Tuner(
+            tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), {"cpu": 1}),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
+                                        max_concurrent_trials=concurrent, metric="auroc_val", mode="max",
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=tune_dir, name="search", verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+
+    store = ResultStore(args.storage)
+    for result in grid:
+        params = dict(result.config or {})
+        metrics = result.metrics or {}
+        status = "failed" if result.error else "ok"
+        store.write(search_row(ctx, params, metrics.get("auroc_val"), status,
+                               f"{type(result.error).__name__}: {result.error}" if result.error else None))
+
+    study = optuna.load_study(study_name=ctx["study"], storage=journal)
+    best = study.best_trial
+    best_yaml = search_dir / f"{args.method}-best.yaml"
+    best_yaml.write_text(yaml.safe_dump({
+        "method": args.method, "params": dict(best.params), "auroc_val": float(best.value),
+        "study": ctx["study"], "scenario": args.scenario, "profile": args.profile, "pairs": ctx["pairs"],
+        "gamma_p": ctx["base"]["gamma_p"], "trials_in_study": len(study.trials),
+        "objective": "mean validation AUROC (held-out training images; test split never used)",
+    }, sort_keys=False))
+    plots = save_plots(study, search_dir / ctx["study"])
+    print(f"best of {len(study.trials)} trials: auroc_val {best.value:.4f} with {best.params}")
+    print(f"best parameters: {best_yaml}  (python -m orchestrator.sweep {args.scenario} --params-from {best_yaml})")
+    print(f"plots: {', '.join(plots)}")
+    return 0
+
+
+def save_plots(study, prefix: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    out = []
+    for name, make in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
+        try:
+            ax = make(study)
+        except (ValueError, RuntimeError):  # importance needs a few finished trials with varied params
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.tight_layout()
+        path = f"{prefix}-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
