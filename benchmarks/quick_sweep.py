@@ -1,4 +1,4 @@
-"""The whole quick scenario2 (270 trials) on this machine: wall time, peak memory, Ray's cost.
+"""The whole quick scenario2 for HSCL (270 trials) on this machine: wall time, peak memory, Ray's cost.
 
     python benchmarks/quick_sweep.py            # about 10 minutes on 2 cores
 
@@ -46,7 +46,8 @@ def main():
     parser.add_argument("extra", nargs="*", help="extra sweep arguments, e.g. --normal-classes 0")
     args = parser.parse_args()
     store = Path(tempfile.mkdtemp(prefix="adsweep-bench-")) / "results"
-    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--storage", str(store), *args.extra]
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", "--storage", str(store),
+           *args.extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
