@@ -44,8 +44,9 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
     for key in index:
         table.add_column(key)
     for value in columns:
-        table.add_column(f"{column}={value:.2f}" if isinstance(value, float) else f"{column}={value}",
-                         justify="right")
+        # ImageFolder datasets show by folder name; the row keeps the full path.
+        label = f"{value:.2f}" if isinstance(value, float) else str(value).rstrip("/").rsplit("/", 1)[-1]
+        table.add_column(f"{column}={label}", justify="right")
     if column == "normal_class" and len(columns) > 1:
         table.add_column("mean", justify="right")
     for key, group in cells.groupby(list(index), sort=True):
@@ -63,10 +64,12 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
             texts.append(f"{by_col['mean'].mean():.1f}")
         table.add_row(*[str(k) for k in key], *texts)
     console.print(table)
-    n_ok = int((rows["status"] == "ok").sum()) if len(rows) else 0
-    n_failed = len(rows) - n_ok
+    # Count trials, not rows (a Scenario-3 trial has one row per test dataset).
+    trials = rows.drop_duplicates("trial_key") if len(rows) else rows
+    n_ok = int((trials["status"] == "ok").sum()) if len(trials) else 0
+    n_failed = len(trials) - n_ok
     if expected is not None:
-        console.print(f"{n_ok}/{expected} trials ok, {n_failed} failed, {expected - len(rows)} missing")
-    for _, r in rows[rows["status"] != "ok"].head(5).iterrows():
+        console.print(f"{n_ok}/{expected} trials ok, {n_failed} failed, {expected - len(trials)} missing")
+    for _, r in trials[trials["status"] != "ok"].head(5).iterrows():
         first_line = str(r["error"]).splitlines()[0] if r["error"] else ""
         console.print(f"  failed {r['trial_key']} normal={r['normal_class']}: {first_line[:200]}")

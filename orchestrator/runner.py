@@ -28,7 +28,7 @@ from methods.registry import get_method
 from orchestrator.datasets import load_dataset
 from orchestrator.metrics import test_aurocs
 from orchestrator.scenarios import trial_key
-from orchestrator.splits import SplitSpec, make_split, stable_seed
+from orchestrator.splits import SplitError, SplitSpec, make_split, stable_seed
 from orchestrator.store import ResultStore, ScoreStore
 
 
@@ -125,6 +125,77 @@ def run_trial(trial: dict, *, data_root: str | None = None, download: bool = Fal
     return row
 
 
+def to_shape(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, *shape): gray <-> RGB, then an antialiased resize (Scenario-3)."""
+    channels, height, width = shape
+    out = []
+    for chunk in images.split(4096):  # bounded memory for large test sets
+        x = chunk.float()
+        if x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if x.shape[-2:] != (height, width):
+            x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else images.new_zeros((0, *shape))
+
+
+def run_cross_trial(trial: dict, *, data_root: str | None = None, download: bool = False,
+                    device: torch.device | None = None) -> dict:
+    """Scenario-3: all of one dataset normal, labeled anomalies from another, one AUROC per test dataset."""
+    device = device or pick_device()
+    started = time.perf_counter()
+    normal = load_dataset(trial["dataset"], data_root, download)
+    labeled = load_dataset(trial["cross"]["labeled"], data_root, download)
+    shape = normal.image_shape
+    seed = stable_seed("cross-split", trial["cross"], trial["dataset"], trial["gamma_l"], trial["val_fraction"],
+                       trial["seed"])
+    rng = np.random.default_rng(seed)
+    # Validation: val_fraction of the normal training images against as many unused labeled-dataset images.
+    order = rng.permutation(len(normal.train_labels))
+    n_val = int(round(trial["val_fraction"] * len(order)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    n_known = int(round(trial["gamma_l"] / (1 - trial["gamma_l"]) * len(train_idx)))  # gamma_l of the training set
+    other = rng.permutation(len(labeled.train_labels))
+    if n_known + n_val > len(other):
+        raise SplitError(f"gamma_l={trial['gamma_l']} needs {n_known + n_val} images of {trial['cross']['labeled']} "
+                         f"but it has {len(other)}: lower gamma_l")
+    known = to_shape(labeled.train_images[torch.from_numpy(other[:n_known]).long()], shape)
+    train = TrainSet(images=torch.cat([normal.train_images[torch.from_numpy(train_idx).long()], known]),
+                     kind=torch.cat([torch.zeros(len(train_idx), dtype=torch.int8),
+                                     torch.full((n_known,), -1, dtype=torch.int8)]))
+
+    cls = get_method(trial["method"])
+    method = cls(cls.Config(**trial["params"]), device, stable_seed("train", trial_key(trial)))
+    t0 = time.perf_counter()
+    summary = method.fit(train)
+    train_seconds = time.perf_counter() - t0
+    if summary.get("epochs", 0) > 0 and not np.isfinite(summary.get("final_loss", 0.0)):
+        raise FloatingPointError(f"training diverged: final loss {summary['final_loss']}")
+
+    t0 = time.perf_counter()
+    normal_scores = method.score(normal.test_images)
+    val_anomalies = to_shape(labeled.train_images[torch.from_numpy(other[n_known:n_known + n_val]).long()], shape)
+    val_scores = method.score(torch.cat([normal.train_images[torch.from_numpy(val_idx).long()], val_anomalies]))
+    per_test = {}
+    for name in trial["cross"]["test"]:
+        test = load_dataset(name, data_root, download)
+        scores = method.score(to_shape(test.test_images, shape))
+        is_anomaly = np.r_[np.zeros(len(normal_scores)), np.ones(len(scores))]
+        per_test[name] = {"auroc_pooled": float(roc_auc_score(is_anomaly, np.r_[normal_scores, scores])),
+                          "n_test": len(is_anomaly)}
+    return {
+        "per_test_dataset": per_test,
+        "auroc_val": float(roc_auc_score(np.r_[np.zeros(n_val), np.ones(n_val)], val_scores)) if n_val else None,
+        "n_unlabeled": len(train_idx), "n_pollution": 0, "n_labeled_normal": 0, "n_labeled_anomaly": n_known,
+        "n_val": 2 * n_val, "epochs": int(summary.get("epochs", 0)), "world_size": int(summary.get("world_size", 1)),
+        "final_loss": float(summary.get("final_loss", float("nan"))), "train_seconds": train_seconds,
+        "score_seconds": time.perf_counter() - t0, "trial_seconds": time.perf_counter() - started,
+        "device": device_name(device),
+    }
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -162,6 +233,9 @@ def train_loop(config: dict):
         def on_epoch(epoch, metrics):
             ray.tune.report({"epoch": epoch, **metrics})
 
+    if "cross" in config["trial"]:
+        return run_cross_trial(config["trial"], data_root=config["ctx"].get("data_root"),
+                               download=config["ctx"].get("download", False))
     return run_trial(config["trial"], data_root=config["ctx"].get("data_root"),
                      download=config["ctx"].get("download", False), on_epoch=on_epoch)
 
@@ -195,8 +269,8 @@ def tune_trial(config: dict) -> dict:
             ),
         )
         row.update(trainer.fit().return_value)
-        scores = row.pop("test_scores")
-        if ctx.get("scores_storage"):
+        scores = row.pop("test_scores", None)
+        if ctx.get("scores_storage") and scores is not None:
             # Scores first: an ok result row always has its scores beside it.
             labels = load_dataset(trial["dataset"], ctx.get("data_root")).test_labels.numpy()
             ScoreStore(ctx["scores_storage"]).write(row, scores, labels, trial["normal_class"])
@@ -206,7 +280,12 @@ def tune_trial(config: dict) -> dict:
         # The one-line cause first, then the end of the traceback for debugging.
         row["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
     row["finished_at"] = _now()
-    ResultStore(ctx["storage"]).write(row)
+    per_test = row.pop("per_test_dataset", None)
+    if per_test:  # Scenario-3: one row per test dataset, all in the trial's one file
+        ResultStore(ctx["storage"]).write_rows([{**row, **values, "test_dataset": name}
+                                                for name, values in per_test.items()])
+    else:
+        ResultStore(ctx["storage"]).write(row)
     return {
         "status": row["status"],
         "auroc_pooled": row.get("auroc_pooled") if row["status"] == "ok" else float("nan"),

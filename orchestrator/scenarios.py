@@ -24,6 +24,16 @@ from methods.registry import get_method
 
 
 @dataclass(frozen=True)
+class CrossDatasets:
+    """Scenario-3 roles: all of the profile's dataset is normal, another dataset gives the labeled
+    anomalies, and each test dataset's test split is one set of test anomalies (one row each).
+    Names are registered datasets or ImageFolder paths; images are resized to the normal shape."""
+
+    labeled: str
+    test: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -42,6 +52,7 @@ class Scenario:
     table_rows: tuple[str, ...] = ("method",)
     table_columns: str = "gamma_p"
     metric: str = "auroc_pooled"
+    cross: CrossDatasets | None = None  # Scenario-3 (cross-dataset); None for one-class grids
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,47 @@ SCENARIOS = {
         table_rows=("variant",),
         table_columns="dataset",
     ),
+    "scenario3": Scenario(
+        name="scenario3",
+        description="HSCL Scenario-3 (Table 4): all of the profile's dataset (CIFAR-10) is normal, another "
+        "dataset (the paper: down-sampled ImageNet) gives labeled anomalies at gamma_l, and each test dataset "
+        "(CIFAR-100, SVHN, LSUN, ImageNet) is one set of test anomalies: one row per test dataset. Pass the "
+        "datasets you have with --labeled-dataset and --test-datasets (names or ImageFolder paths).",
+        methods=("hscl", "deepsad"),
+        gamma_p=(0.0,),
+        gamma_l=(0.05,),
+        cross=CrossDatasets(labeled="imagenet", test=("cifar100", "svhn", "lsun", "imagenet")),
+        table_columns="test_dataset",
+    ),
+    # The MIL-convex paper (Sec. 4): unsupervised one-class, the unlabeled training set polluted from all
+    # other classes, no labels at all. Rows: method and gamma; columns: the normal class (Table 1).
+    "contamination": Scenario(
+        name="contamination",
+        description="MIL-convex Tables 1-2: unsupervised one-class classification, 10 normal classes, the "
+        "unlabeled training set contaminated from all other classes at gamma_p in {.02, .05, .10}, no labels",
+        methods=("milconvex", "csi", "msc"),
+        gamma_p=(0.02, 0.05, 0.10),
+        gamma_l=(0.0,),
+        table_rows=("method", "gamma_p"),
+        table_columns="normal_class",
+    ),
+    # Table 3: which of Eq. (10)'s parts train, at gamma = .05 (see methods/milconvex.py for the reading).
+    "milconvex-ablation": Scenario(
+        name="milconvex-ablation",
+        description="MIL-convex Table 3: {Rot}, {Rot + Mean}, {Rot + ADL} and all components, unsupervised "
+        "one-class, 10 normal classes, gamma_p = .05",
+        methods=("milconvex",),
+        gamma_p=(0.05,),
+        gamma_l=(0.0,),
+        variants={
+            "Rot": {"lambda_conv": 0.0, "mean_shift": False},
+            "Rot + Mean": {"lambda_conv": 0.0, "mean_shift": True},
+            "Rot + ADL": {"lambda_conv": 1.0, "mean_shift": False},
+            "all": {"lambda_conv": 1.0, "mean_shift": True},
+        },
+        table_rows=("variant",),
+        table_columns="normal_class",
+    ),
 }
 
 PROFILES = {
@@ -155,6 +207,8 @@ def expand(
     gamma_p: list[float] | None = None,
     gamma_l: list[float] | None = None,
     method_overrides: dict[str, dict] | None = None,
+    cross_labeled: str | None = None,
+    cross_test: list[str] | None = None,
 ) -> list[dict]:
     """Every trial of a scenario, in a stable order. Pure: no data is read, nothing is run.
 
@@ -176,12 +230,14 @@ def expand(
 
     trials = []
     variants = scenario.variants or {None: {}}
+    if scenario.cross is not None:  # no class grid: every normal image is used, classes play no part
+        normals, anomalies = [None], [None]
     grid = itertools.product(methods, variants, seeds, normals, gamma_l or scenario.gamma_l,
                              scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p)
     for method, variant, seed, normal, g_l, g_ln, g_p in grid:
         g_ln = g_l if g_ln is None else g_ln
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
-        known = [a for a in anomalies if a != normal] if g_l > 0 else [None]
+        known = [a for a in anomalies if a != normal] if g_l > 0 and normal is not None else [None]
         for anomaly in known:
             trials.append(
                 {
@@ -190,7 +246,7 @@ def expand(
                     "dataset": dataset or profile.dataset,
                     "method": method,
                     "variant": variant,
-                    "normal_class": int(normal),
+                    "normal_class": None if normal is None else int(normal),
                     "anomaly_class": None if anomaly is None else int(anomaly),
                     "gamma_p": float(g_p),
                     "gamma_l": float(g_l),
@@ -198,6 +254,8 @@ def expand(
                     "val_fraction": float(val_fraction),
                     "seed": int(seed),
                     "params": {**params[method], **variants[variant]},
+                    **({"cross": {"labeled": cross_labeled or scenario.cross.labeled,
+                                  "test": list(cross_test or scenario.cross.test)}} if scenario.cross else {}),
                 }
             )
     return trials

@@ -46,6 +46,7 @@ SCHEMA = pa.schema(
         ("method", pa.string()),
         ("variant", pa.string()),  # named ablation / sensitivity setting, null for none
         ("dataset", pa.string()),
+        ("test_dataset", pa.string()),  # Scenario-3: the dataset whose test split gave the anomalies
         ("normal_class", pa.int32()),
         ("anomaly_class", pa.int32()),  # null when no known anomaly class is used
         ("gamma_l", pa.float64()),
@@ -182,11 +183,16 @@ class ResultStore(PartitionedStore):
         super().__init__(uri, SCHEMA)
 
     def write(self, row: dict) -> str:
-        row = _normalise(row)
-        if not row.get("status"):
+        return self.write_rows([row])
+
+    def write_rows(self, rows: list[dict]) -> str:
+        """Rows of one trial (several only in Scenario-3, one per test dataset), as one file."""
+        rows = [_normalise(r) for r in rows]
+        if not all(r.get("status") for r in rows):
             raise ValueError("a result row needs 'status'")
-        table = pa.Table.from_pylist([{k: row[k] for k in self.file_schema.names}], schema=self.file_schema)
-        return self.write_table(row, table)
+        table = pa.Table.from_pylist([{k: r[k] for k in self.file_schema.names} for r in rows],
+                                     schema=self.file_schema)
+        return self.write_table(rows[0], table)
 
     def statuses(self) -> dict[str, str]:
         """trial_key -> status, for deciding what a sweep still has to run."""

@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: the scenario's)")
     p.add_argument("--dataset", default=None, help="override the profile's dataset (a name or an ImageFolder path)")
+    p.add_argument("--labeled-dataset", default=None, help="scenario3: the dataset of the labeled anomalies")
+    p.add_argument("--test-datasets", default=None, type=lambda t: [x for x in t.split(",") if x],
+                   help="scenario3: comma-separated datasets whose test splits are the test anomalies")
     p.add_argument("--data-root", default=None, help="folder holding a local copy of the dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
@@ -151,6 +154,16 @@ def read_params_file(path: str, methods: list[str]) -> dict[str, dict]:
     return {method: typed}
 
 
+def check_cross(trial: dict, n_normal: int, data_root: str | None) -> None:
+    """Scenario-3 before any work: the labeled-anomaly dataset must hold enough training images."""
+    labeled = load_dataset(trial["cross"]["labeled"], data_root)
+    n_val = round(trial["val_fraction"] * n_normal)
+    need = round(trial["gamma_l"] / (1 - trial["gamma_l"]) * (n_normal - n_val)) + n_val
+    if need > len(labeled.train_labels):
+        raise SplitError(f"gamma_l={trial['gamma_l']} needs {need} images of {trial['cross']['labeled']} but it has "
+                         f"{len(labeled.train_labels)}: lower gamma_l or use a larger labeled dataset")
+
+
 def git_sha() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -200,8 +213,18 @@ def build_plan(args: argparse.Namespace) -> Plan:
         if bad:
             raise UserError(f"{name} {bad}: {dataset} has classes 0..{data.num_classes - 1}")
 
+    cross = {}
+    if scenario.cross is not None:
+        cross = {"cross_labeled": canonical_name(args.labeled_dataset or scenario.cross.labeled, args.data_root),
+                 "cross_test": [canonical_name(n, args.data_root)
+                                for n in (args.test_datasets or scenario.cross.test)]}
+        for name in [cross["cross_labeled"], *cross["cross_test"]]:
+            check_dataset(name, args.data_root, download=args.download)
+    elif args.labeled_dataset or args.test_datasets:
+        raise UserError(f"--labeled-dataset and --test-datasets are for cross-dataset scenarios "
+                        f"(scenario3), not {args.scenario}")
     try:
-        trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes,
+        trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes, **cross,
                         dataset=dataset, normal_classes=args.normal_classes,
                         anomaly_classes=args.anomaly_classes, overrides=method_over,
                         gamma_p=args.gamma_p, gamma_l=args.gamma_l, method_overrides=per_method, **split_over)
@@ -216,6 +239,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     labels = data.train_labels.numpy()
     seen = set()
     for t in trials:
+        if "cross" in t:  # Scenario-3: the other datasets must exist and hold enough images
+            check_cross(t, len(labels), args.data_root)
+            continue
         point = (t["normal_class"], t["anomaly_class"], t["gamma_p"], t["gamma_l"], t["gamma_l_normal"],
                  t["val_fraction"], t["seed"])
         if point not in seen:
@@ -405,7 +431,7 @@ def main(argv=None) -> int:
     if plan.ctx["scores_storage"]:
         print(f"per-sample test scores: {plan.ctx['scores_storage']}")
     # Non-zero when the grid is not complete, so scripts notice failed trials.
-    return 0 if (rows["status"] == "ok").sum() == len(plan.trials) else 1
+    return 0 if rows.loc[rows["status"] == "ok", "trial_key"].nunique() == len(plan.trials) else 1
 
 
 if __name__ == "__main__":
