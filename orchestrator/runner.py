@@ -12,6 +12,7 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import tempfile
@@ -184,9 +185,9 @@ def run_cross_trial(trial: dict, *, data_root: str | None = None, download: bool
         scores = method.score(to_shape(test.test_images, shape))
         is_anomaly = np.r_[np.zeros(len(normal_scores)), np.ones(len(scores))]
         per_test[name] = {"auroc_pooled": float(roc_auc_score(is_anomaly, np.r_[normal_scores, scores])),
-                          "n_test": len(is_anomaly)}
+                          "n_test": len(is_anomaly), "test_dataset": name}
     return {
-        "per_test_dataset": per_test,
+        "rows": list(per_test.values()),  # one result row per test dataset
         "auroc_val": float(roc_auc_score(np.r_[np.zeros(n_val), np.ones(n_val)], val_scores)) if n_val else None,
         "n_unlabeled": len(train_idx), "n_pollution": 0, "n_labeled_normal": 0, "n_labeled_anomaly": n_known,
         "n_val": 2 * n_val, "epochs": int(summary.get("epochs", 0)), "world_size": int(summary.get("world_size", 1)),
@@ -233,7 +234,14 @@ def train_loop(config: dict):
         def on_epoch(epoch, metrics):
             ray.tune.report({"epoch": epoch, **metrics})
 
-    if "cross" in config["trial"]:
+    trial = config["trial"]
+    if trial.get("runner"):
+        # A scenario with its own experiment (e.g. CADet's two-sample tests): "module:function"
+        # taking the trial and returning a dict of measured values, optionally with "rows".
+        module, _, function = trial["runner"].partition(":")
+        run = getattr(importlib.import_module(module), function)
+        return run(trial, data_root=config["ctx"].get("data_root"), download=config["ctx"].get("download", False))
+    if "cross" in trial:
         return run_cross_trial(config["trial"], data_root=config["ctx"].get("data_root"),
                                download=config["ctx"].get("download", False))
     return run_trial(config["trial"], data_root=config["ctx"].get("data_root"),
@@ -280,10 +288,9 @@ def tune_trial(config: dict) -> dict:
         # The one-line cause first, then the end of the traceback for debugging.
         row["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
     row["finished_at"] = _now()
-    per_test = row.pop("per_test_dataset", None)
-    if per_test:  # Scenario-3: one row per test dataset, all in the trial's one file
-        ResultStore(ctx["storage"]).write_rows([{**row, **values, "test_dataset": name}
-                                                for name, values in per_test.items()])
+    rows = row.pop("rows", None)
+    if rows:  # several result rows from one training (Scenario-3, experiment runners), in one file
+        ResultStore(ctx["storage"]).write_rows([{**row, **values} for values in rows])
     else:
         ResultStore(ctx["storage"]).write(row)
     return {

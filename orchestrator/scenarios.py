@@ -53,6 +53,10 @@ class Scenario:
     table_columns: str = "gamma_p"
     metric: str = "auroc_pooled"
     cross: CrossDatasets | None = None  # Scenario-3 (cross-dataset); None for one-class grids
+    # An experiment of its own instead of train-and-score-the-test-split: "module:function"
+    # (see orchestrator.runner.train_loop); its extra grid axes are plain data in `axes`.
+    runner: str | None = None
+    axes: dict[str, tuple] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,11 @@ def expand(
     variants = scenario.variants or {None: {}}
     if scenario.cross is not None:  # no class grid: every normal image is used, classes play no part
         normals, anomalies = [None], [None]
+    axes = scenario.axes or {}
+    axis_values = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     grid = itertools.product(methods, variants, seeds, normals, gamma_l or scenario.gamma_l,
-                             scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p)
-    for method, variant, seed, normal, g_l, g_ln, g_p in grid:
+                             scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p, axis_values)
+    for method, variant, seed, normal, g_l, g_ln, g_p, axis in grid:
         g_ln = g_l if g_ln is None else g_ln
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
         known = [a for a in anomalies if a != normal] if g_l > 0 and normal is not None else [None]
@@ -254,6 +260,8 @@ def expand(
                     "val_fraction": float(val_fraction),
                     "seed": int(seed),
                     "params": {**params[method], **variants[variant]},
+                    **({"runner": scenario.runner} if scenario.runner else {}),
+                    **({"axes": axis} if axis else {}),
                     **({"cross": {"labeled": cross_labeled or scenario.cross.labeled,
                                   "test": list(cross_test or scenario.cross.test)}} if scenario.cross else {}),
                 }

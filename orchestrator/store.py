@@ -64,6 +64,9 @@ SCHEMA = pa.schema(
         ("auroc_mean_1v1", pa.float64()),  # mean over anomaly classes of normal-vs-that-class
         ("auroc_per_class", pa.string()),  # JSON {class: AUROC} behind auroc_mean_1v1
         ("auroc_val", pa.float64()),  # pooled AUROC on the validation part (model selection)
+        ("sample_size", pa.int32()),  # two-sample tests: images per sample
+        ("fpr_at_alpha", pa.float64()),  # false positive rate at a p-value threshold (CADet)
+        ("extra", pa.string()),  # JSON: further measurements of experiment runners (e.g. rejection rates)
         ("n_unlabeled", pa.int32()),
         ("n_pollution", pa.int32()),
         ("n_labeled_normal", pa.int32()),
@@ -90,7 +93,7 @@ SCHEMA = pa.schema(
 
 def _normalise(row: dict) -> dict:
     out = {name: row.get(name) for name in SCHEMA.names}
-    for name in ("params", "config", "auroc_per_class"):
+    for name in ("params", "config", "auroc_per_class", "extra"):
         if out[name] is not None and not isinstance(out[name], str):
             out[name] = json.dumps(out[name], sort_keys=True)
     return out
