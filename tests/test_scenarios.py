@@ -19,12 +19,12 @@ SC2, QUICK = SCENARIOS["scenario2"], PROFILES["quick"]
     ],
 )
 def test_grid_sizes(kwargs, n_trials):
-    kwargs = {"seeds": [0], **kwargs}
+    kwargs = {"seeds": [0], "methods": ["hscl"], **kwargs}
     assert len(expand(SC2, QUICK, num_classes=10, **kwargs)) == n_trials
 
 
 def test_trials_cover_every_pair_once_and_never_pair_a_class_with_itself():
-    trials = expand(SC2, QUICK, num_classes=10)
+    trials = expand(SC2, QUICK, num_classes=10, methods=["hscl"])
     points = {(t["normal_class"], t["anomaly_class"], t["gamma_p"]) for t in trials}
     assert len(points) == 270
     assert all(t["normal_class"] != t["anomaly_class"] for t in trials)
@@ -32,11 +32,12 @@ def test_trials_cover_every_pair_once_and_never_pair_a_class_with_itself():
 
 
 def test_keys_are_stable_and_change_with_any_setting():
-    a = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
-    b = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
+    a = expand(SC2, QUICK, num_classes=10, methods=["hscl"], normal_classes=[0], anomaly_classes=[1])
+    b = expand(SC2, QUICK, num_classes=10, methods=["hscl"], normal_classes=[0], anomaly_classes=[1])
     assert [trial_key(t) for t in a] == [trial_key(t) for t in b]
-    c = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1], overrides={"tau": 0.2})
-    d = expand(SC2, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1], seeds=[1])
+    c = expand(SC2, QUICK, num_classes=10, methods=["hscl"], normal_classes=[0], anomaly_classes=[1],
+               overrides={"tau": 0.2})
+    d = expand(SC2, QUICK, num_classes=10, methods=["hscl"], normal_classes=[0], anomaly_classes=[1], seeds=[1])
     keys = {trial_key(t) for t in a + c + d}
     assert len(keys) == 9
 
