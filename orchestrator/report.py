@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 
-def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled") -> pd.DataFrame:
+def row_order(scenario) -> dict[str, list]:
+    """The order the paper lists its rows in: the scenario's methods and variants as declared."""
+    return {"method": list(scenario.methods), "variant": list(scenario.variants or [])}
+
+
+def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled",
+                order: dict[str, list] | None = None) -> pd.DataFrame:
     """Long table: one row per (index..., column) cell with mean, std over seeds, and n trials.
 
     >>> df = pd.DataFrame({"method": ["a", "a"], "gamma_p": [0.0, 0.0], "seed": [0, 1],
@@ -32,13 +38,18 @@ def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric=
     ).reset_index()
     cells["mean"] *= 100
     cells["std"] *= 100
-    return cells
+    # Rows in the paper's order where known (anything else after, alphabetically).
+    rank = [cells[k].map({v: i for i, v in enumerate((order or {}).get(k, []))}).fillna(len(cells))
+            for k in index]
+    cells = cells.assign(**{f"_rank{i}": r for i, r in enumerate(rank)})
+    cells = cells.sort_values([f"_rank{i}" for i in range(len(index))] + list(keys), kind="stable")
+    return cells.drop(columns=[f"_rank{i}" for i in range(len(index))]).reset_index(drop=True)
 
 
 def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method",), column="gamma_p",
-                metric="auroc_pooled") -> None:
+                metric="auroc_pooled", order: dict[str, list] | None = None) -> None:
     console = Console()
-    cells = paper_table(rows, index, column, metric)
+    cells = paper_table(rows, index, column, metric, order)
     columns = sorted(cells[column].dropna().unique()) if len(cells) else []
     table = Table(title=f"{metric} (%), mean over grid points [n trials]")
     for key in index:
@@ -49,7 +60,7 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
         table.add_column(f"{column}={label}", justify="right")
     if column == "normal_class" and len(columns) > 1:
         table.add_column("mean", justify="right")
-    for key, group in cells.groupby(list(index), sort=True):
+    for key, group in cells.groupby(list(index), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         by_col = group.set_index(column)
         texts = []

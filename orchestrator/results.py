@@ -26,7 +26,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.report import paper_table
+from orchestrator.report import paper_table, row_order
 from orchestrator.scenarios import SCENARIOS
 from orchestrator.store import ResultStore, ScoreStore, read_manifests, scores_uri_for
 
@@ -122,7 +122,7 @@ def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None
     """The scenario's paper layout: one line per row key, one column per column value ("mean +- std [n]")."""
     scenario = SCENARIOS[scenario_name]
     index, column, metric = list(scenario.table_rows), scenario.table_columns, metric or scenario.metric
-    cells = paper_table(rows, index, column, metric)
+    cells = paper_table(rows, index, column, metric, row_order(scenario))
     if cells.empty:
         return pd.DataFrame()
 
@@ -131,7 +131,7 @@ def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None
         return f"{r['mean']:.1f}{std} [{int(r['n'])}]"
 
     cells["text"] = cells.apply(fmt, axis=1)
-    wide = cells.pivot_table(index=index, columns=column, values="text", aggfunc="first")
+    wide = cells.pivot_table(index=index, columns=column, values="text", aggfunc="first", sort=False)
     if column == "normal_class":
         wide["mean"] = cells.groupby(index)["mean"].mean().round(1).astype(str)
     if with_published:

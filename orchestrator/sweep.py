@@ -34,7 +34,7 @@ from pyarrow import ArrowException
 
 from methods.registry import METHODS, get_method
 from orchestrator.datasets import DatasetError, canonical_name, check_dataset, load_dataset
-from orchestrator.report import print_table
+from orchestrator.report import print_table, row_order
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
 from orchestrator.splits import SplitError
 from orchestrator.store import ResultStore, scores_uri_for, write_manifest
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     rows = rows[rows["trial_key"].isin(keys)]
     scenario = SCENARIOS[args.scenario]
     print_table(rows, expected=len(plan.trials), index=scenario.table_rows, column=scenario.table_columns,
-                metric=scenario.metric)
+                metric=scenario.metric, order=row_order(scenario))
     print(f"results: {plan.ctx['storage']}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
     if plan.ctx["scores_storage"]:
         print(f"per-sample test scores: {plan.ctx['scores_storage']}")
