@@ -163,3 +163,30 @@ def rotations(x: torch.Tensor, n: int = 4) -> torch.Tensor:
     if n > 1 and x.shape[-1] != x.shape[-2]:
         raise ValueError(f"rotation shifts need square images, got {tuple(x.shape[-2:])}")
     return torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(n)])
+
+
+def shifted_views(
+    images: torch.Tensor,
+    n_views: int = 2,
+    n_rot: int = 4,
+    crop_scale_min: float = 0.08,
+    jitter: float = 0.4,
+    jitter_p: float = 0.8,
+    gray_p: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """CSI's training batch: uint8 (B, C, H, W) -> normalised float (n_rot * n_views * B, C, H, W),
+    row k * (n_views * B) + v * B + i = view v of image i, rotated by k * 90 degrees.
+
+    Order as in CSI: flip, rotate, then crop / jitter / grayscale, each drawn per row. The flip comes
+    before the rotation because a mirrored image turned by 90 degrees is the mirror of that image
+    turned by 270: flipping after rotating would make 90 and 270 indistinguishable to a rotation
+    classifier. n_rot = 1 gives plain SimCLR views.
+    """
+    x = to_float(images).repeat(n_views, 1, 1, 1)  # (V * B, C, H, W)
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    x = rotations(x, n_rot)  # (R * V * B, C, H, W)
+    x = resized_crop_flip(x, scale=(crop_scale_min, 1.0), flip_p=0.0, generator=generator)
+    x = color_jitter(x, strength=jitter, p=jitter_p, generator=generator)
+    return normalize(random_grayscale(x, p=gray_p, generator=generator))

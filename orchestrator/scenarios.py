@@ -71,7 +71,7 @@ SCENARIOS = {
         name="scenario2",
         description="HSCL Scenario-2 (Table 2): contaminated one-class classification, "
         "10 normal x 9 known-anomaly classes, gamma_p in {0, .05, .10}, gamma_l = .05",
-        methods=("hscl", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
+        methods=("hscl", "csi", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
         gamma_p=(0.0, 0.05, 0.10),
         gamma_l=(0.05,),
     ),
@@ -80,7 +80,7 @@ SCENARIOS = {
         description="HSCL Scenario-1 (Table 1): semi-supervised one-class classification, 10 normal x 9 "
         "known-anomaly classes, labeled normals and anomalies both at gamma_l in {.01, .05, .10}, no pollution "
         "(--gamma-l 0 gives the .00 column of the unsupervised methods)",
-        methods=("hscl", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
+        methods=("hscl", "csi", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"),
         gamma_p=(0.0,),
         gamma_l=(0.01, 0.05, 0.10),
         gamma_l_normal=None,  # "the labeled ratio of X_n and X_a both as gamma_l"
@@ -136,7 +136,7 @@ SCENARIOS = {
         "dataset (the paper: down-sampled ImageNet) gives labeled anomalies at gamma_l, and each test dataset "
         "(CIFAR-100, SVHN, LSUN, ImageNet) is one set of test anomalies: one row per test dataset. Pass the "
         "datasets you have with --labeled-dataset and --test-datasets (names or ImageFolder paths).",
-        methods=("hscl", "deepsad"),
+        methods=("hscl", "csi", "deepsad"),
         gamma_p=(0.0,),
         gamma_l=(0.05,),
         cross=CrossDatasets(labeled="imagenet", test=("cifar100", "svhn", "lsun", "imagenet")),
@@ -170,6 +170,37 @@ SCENARIOS = {
         },
         table_rows=("variant",),
         table_columns="normal_class",
+    ),
+    # CADet (paper 004): experiments of their own (orchestrator/cadet_experiments.py), one training per trial
+    # and many rows. normal_class c: the in-distribution is class c and the classes after it (digits 0-4 in
+    # quick, all of CIFAR-10 in paper); c = 0 unless --normal-classes asks for more. Axis `training`: CADet's
+    # contrastive pre-training or a supervised classifier's features (the paper's two kinds of rows).
+    "twosample": Scenario(
+        name="twosample",
+        description="CADet Tables 1-2: MMD and MMD-CC two-sample tests with the learned similarity, in-distribution "
+        "samples against unknown classes, other datasets and PGD examples, sample sizes 3-20: detection AUROC, "
+        "and rejection rates at alpha = .05 (in `extra`)",
+        methods=("cadet",),
+        gamma_p=(0.0,),
+        gamma_l=(0.0,),
+        normal_classes=(0,),
+        runner="orchestrator.cadet_experiments:run_twosample",
+        axes={"training": ("contrastive", "supervised")},
+        table_rows=("test_dataset", "variant"),
+        table_columns="sample_size",
+    ),
+    "adversarial": Scenario(
+        name="adversarial",
+        description="CADet Table 4: a classifier trained on the in-distribution data attacked by PGD (L_inf), CW (L2) "
+        "and FGSM (L_inf); AUROC of CADet's score_C and of m_in, m_out alone (Table 5) against the attacked images",
+        methods=("cadet",),
+        gamma_p=(0.0,),
+        gamma_l=(0.0,),
+        normal_classes=(0,),
+        runner="orchestrator.cadet_experiments:run_adversarial",
+        axes={"training": ("contrastive", "supervised")},
+        table_rows=("test_dataset",),
+        table_columns="variant",
     ),
 }
 

@@ -1,0 +1,108 @@
+"""MSC*: Mean-Shifted Contrastive Loss for Anomaly Detection (Reiss, Hoshen, 2021), trained from scratch
+as the MIL-convex paper's baseline MSC* (its Sec. 4.2: "we learn the encoder of MSC from scratch for a
+fair comparison"; /work/shared/papers/000_ca2ee8b1e62c9e41.txt, Eq. 7-8 restate the loss).
+
+Features f(x) are L2-normalised; c is the normalised mean of the training set's features. Training
+minimises, over 2 augmented views of each image,
+    L_Mean = NT-Xent(f~(x), f~(x'))  -  f(x)^T c                    Eq. (7), the angular term last
+    f~(x)  = (f(x) - c) / ||f(x) - c||                              Eq. (8), the re-centred feature
+and an image is scored by its k nearest training images (k = 2), higher = more anomalous:
+    score(x) = 1 - 1/k sum_{m in kNN(x)} cos(g(x), g(x_m)),   g = f (MSC's code) or f~ (`knn_recentred`)
+
+MSC fine-tunes a pretrained ResNet with c fixed from the pretrained features. From scratch the
+features move, so (choice) c is recomputed from the whole training set, un-augmented, at the start
+of every epoch and once more for scoring. Other choices: Adam 1e-3, 10 warm-up epochs then cosine,
+200 epochs (the MIL-convex paper's schedule; MSC fine-tunes with SGD lr 1e-5 for 20 epochs, which
+does not train a network from scratch); no projection head and tau 0.25, batch 64, crops from 20 % of
+the area, as MSC's code; its Gaussian blur is left out (the shared augmentation module has none).
+The score space is a choice too: the issue asked for k-NN in the re-centred space, MSC's code scores
+with the normalised features f. We follow the code: on all 10 digits classes (quick profile, gamma
+0.10, seed 0) the mean AUROC was 0.95 with f and 0.58 with f~. Re-centring removes the component
+along c, and that is where an anomaly differs from the training set once the angular term has pulled
+the training features towards c.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from methods.similarity import topk_cosine
+from methods.training import QUICK_DIGITS, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
+
+
+@dataclass(frozen=True)
+class MSCConfig(ContrastiveConfig):
+    """MSC's values where its code gives them; the schedule is the MIL-convex paper's (see above)."""
+
+    proj_dim: int = 0
+    tau: float = 0.25
+    rotations: int = 1
+    batch_size: int = 64
+    crop_scale_min: float = 0.2
+    lambda_angular: float = 1.0
+    """weight of the angular term -f(x)^T c of Eq. (7) (MSC's --angular; 0 = plain mean-shifted NT-Xent)"""
+    knn: int = 2
+    """k of the k-NN score (MSC's code: 2)"""
+    knn_recentred: bool = False
+    """score with the re-centred features f~ (True) or the normalised features f (False, MSC's code)"""
+
+
+def feature_centre(f: torch.Tensor) -> torch.Tensor:
+    """c: the normalised mean of the L2-normalised features f (N, D) -> (D,) (MSC's angular centre)."""
+    return F.normalize(F.normalize(f, dim=1).mean(0), dim=0)
+
+
+def recentre(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Eq. (8): f~ = (f - c) / ||f - c|| for normalised f (N, D) and centre c (D,). c = 0 leaves f as it is."""
+    return F.normalize(F.normalize(f, dim=1) - c, dim=1)
+
+
+def mean_shifted_loss(f: torch.Tensor, partner: torch.Tensor, c: torch.Tensor, tau: float):
+    """Eq. (7) as its two terms: (NT-Xent of the re-centred rows, mean of -f^T c). f (M, D) any norm,
+    partner (M,) the positive of each row, c (D,). With c = 0 the first term is plain NT-Xent and the
+    second is 0."""
+    contrastive = nt_xent(recentre(f, c), partner, tau)
+    angular = -(F.normalize(f, dim=1) @ c).mean()
+    return contrastive, angular
+
+
+class MSC(ContrastiveMethod):
+    name = "msc"
+    Config = MSCConfig
+    # quick: 2 views per image (no rotations), a quarter of CSI's rows per step: 80 epochs of 2 steps
+    # take about 1 s of one CPU thread per trial.
+    profiles = {"quick": {**QUICK_DIGITS, "epochs": 80, "warmup_epochs": 8}, "paper": {}}
+    centre: torch.Tensor | None = None  # c, recomputed every epoch and after training
+    bank: torch.Tensor | None = None  # the training features the k-NN score compares with
+
+    def training_centre(self, images: torch.Tensor) -> torch.Tensor:
+        return self.from_rank0(feature_centre(self.features(images)[1]))
+
+    def start_epoch(self, epoch: int, images: torch.Tensor) -> None:
+        self.centre = self.training_centre(images)
+
+    def loss(self, forward: Callable, x: torch.Tensor, epoch: int, g: torch.Generator) -> dict:
+        cfg, b, r = self.config, x.shape[0], self.config.rotations
+        f, _ = self.forward_views(forward, x, g)  # (R * 2B, D) encoder features (no projection head)
+        contrastive, angular = mean_shifted_loss(f, view_partner(r, b, f.device), self.centre, cfg.tau)
+        loss = contrastive + cfg.lambda_angular * angular  # Eq. (7)
+        return {"loss": loss, "loss_contrastive": contrastive, "loss_angular": angular}
+
+    def finish(self, images: torch.Tensor) -> None:
+        f = self.features(images)[1]
+        self.centre = feature_centre(f)
+        self.bank = recentre(f, self.centre) if self.config.knn_recentred else f
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, C, H, W) -> (N,): 1 - mean cosine similarity to the k nearest training images."""
+        self.require_fit()
+        f = self.features(images)[1]
+        q = recentre(f, self.centre) if self.config.knn_recentred else f
+        k = min(self.config.knn, self.bank.shape[0])
+        return (1 - topk_cosine(q, self.bank, k).mean(dim=1)).cpu().numpy()
