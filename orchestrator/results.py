@@ -200,12 +200,14 @@ def plot(kind: str, rows: pd.DataFrame, out: str, scenario_name: str, method: st
         method = method or ok["method"].iloc[0]
         sel = ok[ok["method"] == method]
         grid = sel.pivot_table(index="normal_class", columns="anomaly_class", values=metric, aggfunc="mean") * 100
-        image = ax.imshow(grid.values, cmap="viridis", vmin=max(0, np.nanmin(grid.values) - 1), vmax=100)
+        low = max(0, np.nanmin(grid.values) - 1)
+        image = ax.imshow(grid.values, cmap="viridis", vmin=low, vmax=100)
         ax.set_xticks(range(len(grid.columns)), [str(int(c)) for c in grid.columns])
         ax.set_yticks(range(len(grid.index)), [str(int(c)) for c in grid.index])
         for (i, j), v in np.ndenumerate(grid.values):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white")
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > (low + 100) / 2 else "white")  # readable on both ends of viridis
         ax.set_xlabel("known anomaly class")
         ax.set_ylabel("normal class")
         fig.colorbar(image, ax=ax, label=f"{metric} (%)")
