@@ -5,16 +5,16 @@ import pytest
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand
 
 QUICK = PROFILES["quick"]
-BASELINES = ["hscl", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"]
+BASELINES = ["hscl", "csi", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"]
 
 
 @pytest.mark.parametrize(
     "name, kwargs, n_trials",
     [
-        ("scenario1", {}, 1620),  # 6 methods x 10 normal x 9 known x 3 gamma_l
-        ("scenario1", {"normal_classes": [0], "anomaly_classes": [1, 2]}, 36),  # 6 x 2 x 3
+        ("scenario1", {}, 1890),  # 7 methods x 10 normal x 9 known x 3 gamma_l
+        ("scenario1", {"normal_classes": [0], "anomaly_classes": [1, 2]}, 42),  # 7 x 2 x 3
         ("scenario1", {"methods": ["hscl"], "gamma_l": [0.0]}, 10),  # the .00 column: no known class
-        ("scenario2", {}, 1620),  # 6 methods x 10 x 9 x 3 gamma_p
+        ("scenario2", {}, 1890),  # 7 methods x 10 x 9 x 3 gamma_p
         ("scenario2", {"methods": ["hscl"]}, 270),
         ("hscl-ablation", {}, 540),  # 6 variants x 10 x 9
         ("hscl-ablation", {"normal_classes": [0], "anomaly_classes": [1, 2]}, 12),
