@@ -41,18 +41,17 @@ from torch.nn.parallel import DistributedDataParallel
 from methods.augment import normalize, rotations, simclr_augment, to_float
 from methods.base import TrainSet
 from methods.networks import ENCODERS, build_encoder, projection_head
+from methods.training import ContrastiveConfig
 
 
 @dataclass(frozen=True)
-class HSCLConfig:
-    """HSCL hyper-parameters; defaults are the paper's (Sec. 4.2) unless said otherwise."""
+class HSCLConfig(ContrastiveConfig):
+    """HSCL hyper-parameters; defaults are the paper's (Sec. 4.2) unless said otherwise. The shared
+    contrastive fields (net, proj_dim = D, tau of Eq. 1 and 6, batch, schedule, SimCLR augmentations,
+    rotations as CSI's shifting transformation, amp / channels_last / compile) come from
+    methods/training.py; HSCL trains 250 epochs and adds its own weights and ablation switches."""
 
-    net: str = "resnet18"
-    """encoder, see methods/networks.py ("resnet18" = CIFAR ResNet-18, "cnn_small")"""
-    proj_dim: int = 128
-    """D, the dimension of the unit-norm representation z and of each prototype"""
-    tau: float = 0.5
-    """temperature of both InfoNCE losses (Eq. 1, 6)"""
+    epochs: int = 250
     lambda1: float = 1.0
     """weight of L_S-P in Eq. (8)"""
     lambda2: float = 1.0
@@ -61,31 +60,6 @@ class HSCLConfig:
     """K, the number of prototypes (Fig. 4 right: K = 1 is best)"""
     w_delta: float = 0.4
     """Eq. (7) threshold: only samples with weight w > w_delta are drawn for N-A (Fig. 4 left)"""
-    batch_size: int = 256
-    """global batch size (split across DDP ranks); each image gives 2 views x `rotations` copies"""
-    epochs: int = 250
-    lr: float = 1e-3
-    """Adam's initial learning rate"""
-    warmup_epochs: int = 10
-    """linear warm-up, then cosine decay to 0 (per step)"""
-    weight_decay: float = 0.0
-    """not given in the paper; Adam without weight decay"""
-    crop_scale_min: float = 0.08
-    """smallest area fraction of the Inception crop (SimCLR's 0.08)"""
-    jitter: float = 0.4
-    """colour-jitter strength s: brightness/contrast/saturation in [1-s, 1+s], hue s/4 (SimCLR/CSI)"""
-    jitter_p: float = 0.8
-    """probability of colour jitter per view (SimCLR)"""
-    gray_p: float = 0.2
-    """probability of grayscale per view (SimCLR); no-op for 1-channel images"""
-    rotations: int = 4
-    """CSI shifting transformation: copies rotated by k * 90 degrees, k < rotations (1 = none)"""
-    amp: bool = True
-    """bf16 autocast for the forward pass; used only when the device is CUDA"""
-    channels_last: bool = True
-    """channels_last memory format; used only when the device is CUDA"""
-    compile: bool = False
-    """torch.compile the model"""
     use_ss: bool = True
     """Table 5 ablation: the sample-to-sample loss"""
     use_sp: bool = True
