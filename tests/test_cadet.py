@@ -52,10 +52,11 @@ from orchestrator import cadet_experiments as ce
 from orchestrator.datasets import load_dataset
 from orchestrator.scenarios import PROFILES, SCENARIOS, expand
 from orchestrator.search import load_space
+from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-MNIST_TEST = Path("/work/shared/data/mnist-test")
+MNIST_TEST = SHARED_DATA / "mnist-test"
 
 
 def quick(seed: int = 0, **over) -> CADet:

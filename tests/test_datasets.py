@@ -21,8 +21,9 @@ import torch
 
 from orchestrator import datasets as D
 from orchestrator.datasets import DatasetError, ImageData, check_dataset, dataset_names, load_dataset
+from tests.conftest import SHARED_DATA
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 CIFAR_TAR = SHARED / "cifar10-jpeg.tar.gz"
 MNIST_TEST = SHARED / "mnist-test"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

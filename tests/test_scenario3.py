@@ -13,9 +13,10 @@ from torchvision.io import write_png
 
 from orchestrator.datasets import read_idx
 from orchestrator.runner import to_shape
+from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(scope="module")
