@@ -144,7 +144,10 @@ def settings_for(trial: dict) -> Settings:
     base = SETTINGS.get(trial["profile"], Settings())
     names = {f.name for f in dataclasses.fields(Settings)}
     axes = {k: tuple(v) if isinstance(v, list) else v for k, v in (trial.get("axes") or {}).items() if k in names}
-    return dataclasses.replace(base, **axes)
+    settings = dataclasses.replace(base, **axes)
+    # Datasets named on the command line (`sweep twosample --test-datasets a,b`) are further shifts.
+    extra = tuple(d for d in trial.get("test_datasets") or () if d not in settings.shifts)
+    return dataclasses.replace(settings, shifts=settings.shifts + extra) if extra else settings
 
 
 def in_distribution(normal_class: int | None, in_classes: int, num_classes: int) -> list[int]:

@@ -292,6 +292,7 @@ def expand(
                     "seed": int(seed),
                     "params": {**params[method], **variants[variant]},
                     **({"runner": scenario.runner} if scenario.runner else {}),
+                    **({"test_datasets": list(cross_test)} if scenario.runner and cross_test else {}),
                     **({"axes": axis} if axis else {}),
                     **({"cross": {"labeled": cross_labeled or scenario.cross.labeled,
                                   "test": list(cross_test or scenario.cross.test)}} if scenario.cross else {}),

@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="override the profile's dataset (a name or an ImageFolder path)")
     p.add_argument("--labeled-dataset", default=None, help="scenario3: the dataset of the labeled anomalies")
     p.add_argument("--test-datasets", default=None, type=lambda t: [x for x in t.split(",") if x],
-                   help="scenario3: comma-separated datasets whose test splits are the test anomalies")
+                   help="scenario3: datasets whose test splits are the test anomalies; twosample: further shifts")
     p.add_argument("--data-root", default=None, help="folder holding a local copy of the dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
@@ -220,9 +220,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
                                 for n in (args.test_datasets or scenario.cross.test)]}
         for name in [cross["cross_labeled"], *cross["cross_test"]]:
             check_dataset(name, args.data_root, download=args.download)
+    elif scenario.runner and args.test_datasets:  # extra test datasets for an experiment runner (twosample)
+        cross = {"cross_test": [canonical_name(n, args.data_root) for n in args.test_datasets]}
+        for name in cross["cross_test"]:
+            check_dataset(name, args.data_root, download=args.download)
     elif args.labeled_dataset or args.test_datasets:
-        raise UserError(f"--labeled-dataset and --test-datasets are for cross-dataset scenarios "
-                        f"(scenario3), not {args.scenario}")
+        raise UserError(f"--labeled-dataset and --test-datasets are for scenario3 (and --test-datasets for "
+                        f"experiment scenarios such as twosample), not {args.scenario}")
     try:
         trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes, **cross,
                         dataset=dataset, normal_classes=args.normal_classes,

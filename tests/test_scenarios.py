@@ -75,3 +75,12 @@ def test_labeled_normals_can_be_tied_to_gamma_l():
                     gamma_l_normal=None)
     trials = expand(tied, QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
     assert [(t["gamma_l"], t["gamma_l_normal"]) for t in trials] == [(0.01, 0.01), (0.05, 0.05)]
+
+
+def test_experiment_scenarios_take_extra_test_datasets_from_the_command_line():
+    from orchestrator.cadet_experiments import settings_for
+
+    trials = expand(SCENARIOS["twosample"], QUICK, num_classes=10, cross_test=["/data/svhn"])
+    assert trials and all(t["test_datasets"] == ["/data/svhn"] for t in trials)
+    shifts = settings_for(trials[0]).shifts
+    assert shifts[-1] == "/data/svhn" and "unknown" in shifts  # added to the profile's shifts
