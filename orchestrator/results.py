@@ -118,8 +118,13 @@ def published(scenario: str, dataset: str | None = None) -> pd.DataFrame:
 
 
 def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None,
-               with_published: bool = False, dataset: str | None = None) -> pd.DataFrame:
-    """The scenario's paper layout: one line per row key, one column per column value ("mean +- std [n]")."""
+               with_published: bool = False, dataset: str | None = None, versus: str | None = None) -> pd.DataFrame:
+    """The scenario's paper layout: one line per row key, one column per column value ("mean +- std [n]").
+
+    ``versus=M`` (tables with one row per method and gamma columns) marks every other method's
+    cell by a paired Wilcoxon test against M on the same grid points: "*" where p < 0.05,
+    "(n.s.)" where the difference is not significant.
+    """
     scenario = SCENARIOS[scenario_name]
     index, column, metric = list(scenario.table_rows), scenario.table_columns, metric or scenario.metric
     cells = paper_table(rows, index, column, metric, row_order(scenario))
@@ -131,6 +136,15 @@ def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None
         return f"{r['mean']:.1f}{std} [{int(r['n'])}]"
 
     cells["text"] = cells.apply(fmt, axis=1)
+    if versus and index == ["method"] and column in ("gamma_p", "gamma_l"):
+        for method in cells["method"].unique():
+            if method == versus:
+                continue
+            tested = compare(rows, method, versus, metric).set_index(column)["wilcoxon_p"]
+            mark = {g: ("*" if p < 0.05 else "(n.s.)") for g, p in tested.items() if pd.notna(p)}
+            sel = cells["method"] == method
+            cells.loc[sel, "text"] = [f"{t} {mark.get(g, '')}".rstrip()
+                                      for t, g in zip(cells.loc[sel, "text"], cells.loc[sel, column], strict=True)]
     wide = cells.pivot_table(index=index, columns=column, values="text", aggfunc="first", sort=False)
     if column == "normal_class":
         wide["mean"] = cells.groupby(index)["mean"].mean().round(1).astype(str)
@@ -316,6 +330,8 @@ def parse_args(argv=None):
     t.add_argument("--format", choices=["term", "md", "csv", "latex"], default="term")
     t.add_argument("--published", action="store_true", help="the papers' numbers beside ours, with the difference")
     t.add_argument("--where", default=None, help="extra SQL filter on the rows, e.g. \"dataset = 'cifar10'\"")
+    t.add_argument("--versus", default=None, metavar="METHOD",
+                   help="mark each method's cells by a paired Wilcoxon test against METHOD (* p < .05, (n.s.))")
     g = sub.add_parser("plot", help="save a PNG: gamma, heatmap or ablation")
     g.add_argument("kind", choices=["gamma", "heatmap", "ablation"])
     g.add_argument("scenario")
@@ -365,7 +381,7 @@ def main(argv=None) -> int:
                                                args.where]))
             rows = load_rows(args.storage, where)
             dataset = rows["dataset"].iloc[0] if len(rows) and rows["dataset"].nunique() == 1 else None
-            wide = wide_table(rows, args.scenario, args.metric, args.published, dataset)
+            wide = wide_table(rows, args.scenario, args.metric, args.published, dataset, args.versus)
             rows_per_trial = rows.drop_duplicates("trial_key")  # Scenario-3 has a row per test dataset
             n_failed = int((rows_per_trial["status"] != "ok").sum())
             _emit(wide, args.format, f"{args.scenario}: {args.metric or SCENARIOS[args.scenario].metric} (%)")

@@ -75,3 +75,33 @@ def test_bad_queries_are_one_line(small_store, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert main(["--storage", str(small_store), "table", "scenario42"]) == 2
+
+
+def _six_points(small_store):
+    """The small store's 6 trials as 6 grid points of one gamma (for tests of the paired statistics)."""
+    rows = pd.read_parquet(small_store).sort_values("trial_key").reset_index(drop=True)
+    return rows.assign(gamma_p=0.05, anomaly_class=np.arange(6))
+
+
+def test_a_method_beats_a_shuffled_score_copy_of_itself_significantly(small_store):
+    from sklearn.metrics import roc_auc_score
+
+    rows = _six_points(small_store)
+    scores = connect(str(small_store)).sql("SELECT trial_key, is_anomaly, score FROM scores").df()
+    rng = np.random.default_rng(0)
+    shuffled = {k: roc_auc_score(g["is_anomaly"], rng.permutation(g["score"].to_numpy()))
+                for k, g in scores.groupby("trial_key")}
+    copy = rows.assign(method="shuffled", auroc_pooled=rows["trial_key"].map(shuffled))
+    out = compare(pd.concat([rows, copy]), "hscl", "shuffled")
+    assert out["n"].item() == 6 and out["hscl_wins"].item() == 6
+    assert out["wilcoxon_p"].item() < 0.05
+
+
+def test_small_symmetric_noise_is_not_significant(small_store):
+    rows = _six_points(small_store)
+    noise = np.array([1, -1, 2, -2, 3, -3]) * 1e-3  # symmetric: no method is better
+    noisy = rows.assign(method="noisy", auroc_pooled=rows["auroc_pooled"] + noise)
+    out = compare(pd.concat([rows, noisy]), "hscl", "noisy")
+    assert out["wilcoxon_p"].item() > 0.05
+    table = wide_table(pd.concat([rows, noisy]), "scenario2", versus="hscl")
+    assert table.loc[table["method"] == "noisy", "gamma_p=0.05"].item().endswith("(n.s.)")

@@ -57,10 +57,13 @@ def test_sweep_writes_exactly_the_grid_and_a_rerun_writes_nothing(tmp_path):
     assert duck.to_dict("records") == [{"method": "hscl", "n": 3}]
 
     before = result_files(store)
+    scores_before = result_files(tmp_path / "scores")
+    assert len(scores_before) == 3  # one score file per ok trial, beside the results
     again = sweep("--normal-classes", "0", "--anomaly-classes", "1", "--storage", str(store), *FAST)
     assert again.returncode == 0, again.stderr
     assert "3 done, 0 to run" in again.stdout
     assert result_files(store) == before  # nothing rewritten
+    assert result_files(tmp_path / "scores") == scores_before
 
 
 def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
@@ -100,6 +103,7 @@ def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
     rows = pd.read_parquet(store)
     assert len(rows) == 2 and (rows["status"] == "failed").all()
     assert rows["error"].str.len().gt(0).all() and rows["auroc_pooled"].isna().all()
+    assert not result_files(tmp_path / "scores")  # a failed trial leaves no scores
 
 
 @pytest.mark.parametrize(
