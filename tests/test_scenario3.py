@@ -49,7 +49,7 @@ def trees(tmp_path_factory):
             folder = root / "mnist" / split / str(digit)
             folder.mkdir(parents=True)
             for i in np.flatnonzero(labels[offset:] == digit)[:40]:
-                write_png(torch.from_numpy(images[offset + i]).unsqueeze(0), str(folder / f"{i}.png"))
+                write_png(torch.from_numpy(images[offset + i].copy()).unsqueeze(0), str(folder / f"{i}.png"))
     return root
 
 
