@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -334,8 +335,10 @@ def save_plots(study, prefix: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
     import optuna.visualization.matplotlib as ovm
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plots are "experimental"
     out = []
     for name, make in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
         try:
