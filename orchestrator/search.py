@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
     epochs = int(ctx["base_params"].get("epochs", 1))
     max_t = len(ctx["pairs"]) * epochs + 1
     scheduler = None if args.no_asha else ASHAScheduler(
-        time_attr="step", max_t=max_t, grace_period=max(1, epochs // 2), reduction_factor=2)
+        time_attr="step", max_t=max_t, grace_period=epochs, reduction_factor=2)  # judge after a whole pair
 
     ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -306,25 +307,34 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
 
+    # A trial ASHA stopped early reported a partial objective (fewer pairs, fewer epochs): it is a
+    # "stopped" row, and only trials that trained every pair to the end compete for the best.
     store = ResultStore(args.storage)
     for result in grid:
-        params = dict(result.config or {})
         metrics = result.metrics or {}
-        status = "failed" if result.error else "ok"
-        store.write(search_row(ctx, params, metrics.get("auroc_val"), status,
+        finished = metrics.get("pair") == len(ctx["pairs"])
+        status = "failed" if result.error else ("ok" if finished else "stopped")
+        store.write(search_row(ctx, dict(result.config or {}), metrics.get("auroc_val"), status,
                                f"{type(result.error).__name__}: {result.error}" if result.error else None))
 
+    rows = store.read(["kind", "sweep", "status", "auroc_val", "params"]).to_pandas()
+    done = rows[(rows["kind"] == "search") & (rows["sweep"] == ctx["study"]) & (rows["status"] == "ok")]
     study = optuna.load_study(study_name=ctx["study"], storage=journal)
-    best = study.best_trial
+    plots = save_plots(study, search_dir / ctx["study"])
+    if done.empty:
+        print(f"no search trial of {ctx['study']} trained every pair to the end yet: add trials or use --no-asha")
+        return 1
+    best = done.loc[done["auroc_val"].idxmax()]
+    chosen = {k: v for k, v in json.loads(best["params"]).items() if k in ctx["space"]["params"]}
     best_yaml = search_dir / f"{args.method}-best.yaml"
     best_yaml.write_text(yaml.safe_dump({
-        "method": args.method, "params": dict(best.params), "auroc_val": float(best.value),
+        "method": args.method, "params": chosen, "auroc_val": float(best["auroc_val"]),
         "study": ctx["study"], "scenario": args.scenario, "profile": args.profile, "pairs": ctx["pairs"],
-        "gamma_p": ctx["base"]["gamma_p"], "trials_in_study": len(study.trials),
+        "gamma_p": ctx["base"]["gamma_p"], "trials_in_study": len(study.trials), "trials_finished": len(done),
         "objective": "mean validation AUROC (held-out training images; test split never used)",
     }, sort_keys=False))
-    plots = save_plots(study, search_dir / ctx["study"])
-    print(f"best of {len(study.trials)} trials: auroc_val {best.value:.4f} with {best.params}")
+    print(f"best of {len(done)} finished trials ({len(study.trials)} in the study): "
+          f"auroc_val {best['auroc_val']:.4f} with {chosen}")
     print(f"best parameters: {best_yaml}  (python -m orchestrator.sweep {args.scenario} --params-from {best_yaml})")
     print(f"plots: {', '.join(plots)}")
     return 0
