@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real data beside the checkout (../shared/data, see its README); CI clones main with shared/ beside it.
-SHARED_DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
+SHARED_DATA = next((p.resolve() for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
                    ROOT.parent / "shared" / "data")
 
 
