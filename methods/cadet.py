@@ -522,6 +522,9 @@ class CADet:
         # CIFAR-10 (32x32): SimCLR's CIFAR setting (CIFAR ResNet-18, jitter strength 0.5, no blur); the
         # optimiser, schedule, tau, calibration sizes and transforms stay the paper's.
         "paper": {"net": "resnet18", "jitter": 0.4, "blur_p": 0.0},
+        # small: the paper profile's CIFAR setting with the quarter-width ResNet-18 and a CPU budget (quick's Adam).
+        "small": {"net": "resnet18_narrow", "jitter": 0.4, "blur_p": 0.0, "batch_size": 128, "epochs": 5,
+                  "warmup_epochs": 1, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "n_trs": 10},
     }
 
     def __init__(self, config: CADetConfig, device: torch.device, seed: int):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.similarity import max_cosine
-from methods.training import QUICK_DIGITS, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
+from methods.training import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class CSI(ContrastiveMethod):
     # quick: about 1.8 s of one CPU thread per trial (80 Adam steps of 64 digits x 8 rows, as
     # HSCL's quick profile). lr stays the paper's 1e-3: on all 10 digits classes 3e-3 gave a mean
     # AUROC of 0.80, 1e-3 0.86.
-    profiles = {"quick": {**QUICK_DIGITS, "epochs": 40, "warmup_epochs": 4}, "paper": {}}
+    profiles = {"quick": {**QUICK_DIGITS, "epochs": 40, "warmup_epochs": 4}, "small": SMALL_CIFAR, "paper": {}}
     banks: list[torch.Tensor] | None = None  # per rotation k: projections z of the training set turned by k
     weights: list[tuple[float, float]] | None = None  # per rotation k: (1 / mean ||z||, 1 / mean logit_k)
 

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from methods.augment import normalize, rotations, simclr_augment, to_float
 from methods.base import TrainSet
 from methods.networks import ENCODERS, build_encoder, projection_head
-from methods.training import ContrastiveConfig
+from methods.training import SMALL_CIFAR, ContrastiveConfig
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,7 @@ class HSCL:
     profiles = {
         "quick": {"net": "cnn_small", "epochs": 40, "batch_size": 64, "warmup_epochs": 4,
                   "crop_scale_min": 0.25, "lr": 3e-3},
+        "small": SMALL_CIFAR,  # methods/training.py: CIFAR-10, quarter-width ResNet-18, 3 epochs, bf16 on CPU
         "paper": {},
     }
 
@@ -227,9 +228,9 @@ class HSCL:
         self.config = config
         self.device = torch.device(device)
         self.seed = int(seed)
-        cuda = self.device.type == "cuda"
-        self.amp = config.amp and cuda  # bf16 autocast: CUDA only
-        self.channels_last = config.channels_last and cuda
+        fast = self.device.type == "cuda" or config.cpu_bf16  # on the CPU only when asked (see the field)
+        self.amp = config.amp and fast
+        self.channels_last = config.channels_last and fast
         self.net: HSCLNet | None = None
         self.train_features: torch.Tensor | None = None  # k-NN score bank when use_sp=False
 
@@ -247,7 +248,7 @@ class HSCL:
         return net
 
     def _autocast(self):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _to_net(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

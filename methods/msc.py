@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.similarity import topk_cosine
-from methods.training import QUICK_DIGITS, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
+from methods.training import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class MSC(ContrastiveMethod):
     Config = MSCConfig
     # quick: 2 views per image (no rotations), a quarter of CSI's rows per step: 80 epochs of 2 steps
     # take about 1 s of one CPU thread per trial.
-    profiles = {"quick": {**QUICK_DIGITS, "epochs": 80, "warmup_epochs": 8}, "paper": {}}
+    profiles = {"quick": {**QUICK_DIGITS, "epochs": 80, "warmup_epochs": 8}, "small": SMALL_CIFAR, "paper": {}}
     centre: torch.Tensor | None = None  # c, recomputed every epoch and after training
     bank: torch.Tensor | None = None  # the training features the k-NN score compares with
 

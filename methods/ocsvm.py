@@ -66,7 +66,7 @@ class OCSVM:
     uses_labels = False  # labels choose nu / gamma only; see the module docstring
     # Both profiles are the same: a fit is milliseconds on digits. On CIFAR-10 (~5,000 images) the
     # 35 candidate fits take minutes on one core.
-    profiles = {"quick": {}, "paper": {}}
+    profiles = {"quick": {}, "small": {}, "paper": {}}
 
     def __init__(self, config: OCSVMConfig, device: torch.device, seed: int):
         self.config = config

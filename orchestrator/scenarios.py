@@ -206,6 +206,8 @@ SCENARIOS = {
 
 PROFILES = {
     "quick": Profile("quick", "digits", "sklearn digits, small CNN, few epochs: minutes on a laptop CPU"),
+    "small": Profile("small", "cifar10", "CIFAR-10 at 32x32, a quarter-width ResNet-18, a few epochs: minutes "
+                     "per trial on one CPU core (docs/reproduction.md)"),
     "paper": Profile("paper", "cifar10", "CIFAR-10 and the papers' hyperparameters: for a GPU cluster"),
 }
 
@@ -236,7 +238,7 @@ def expand(
     num_classes: int,
     dataset: str | None = None,
     normal_classes: list[int] | None = None,
-    anomaly_classes: list[int] | None = None,
+    anomaly_classes: list[int] | str | None = None,
     overrides: dict | None = None,
     val_fraction: float = 0.05,
     gamma_p: list[float] | None = None,
@@ -249,11 +251,13 @@ def expand(
 
     ``gamma_p`` / ``gamma_l`` replace the scenario's own axes (e.g. to run one column of a table).
     ``overrides`` apply to every method that has the key; ``method_overrides[m]`` to method m only
-    (e.g. a search's best parameters).
+    (e.g. a search's best parameters). ``anomaly_classes="next"`` gives each normal class one known
+    anomaly class, (normal + 1) mod num_classes: a slice with every normal class at a tenth of the cost.
     """
     methods = list(methods or scenario.methods)
     normals = list(normal_classes if normal_classes is not None else scenario.normal_classes or range(num_classes))
-    anomalies = anomaly_classes if anomaly_classes is not None else scenario.anomaly_classes
+    next_class = anomaly_classes == "next"
+    anomalies = anomaly_classes if anomaly_classes is not None and not next_class else scenario.anomaly_classes
     anomalies = list(anomalies if anomalies is not None else range(num_classes))
     params = {m: method_params(m, profile.name, {**(overrides or {}), **(method_overrides or {}).get(m, {})})
               for m in methods}
@@ -275,6 +279,8 @@ def expand(
         g_ln = g_l if g_ln is None else g_ln
         # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
         known = [a for a in anomalies if a != normal] if g_l > 0 and normal is not None else [None]
+        if next_class and known != [None]:
+            known = [(normal + 1) % num_classes]
         for anomaly in known:
             trials.append(
                 {

@@ -41,7 +41,7 @@ from orchestrator.store import ResultStore, scores_uri_for, write_manifest
 
 # Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
 # GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
-DEFAULT_TRIALS_PER_GPU = {"quick": 4, "paper": 2}
+DEFAULT_TRIALS_PER_GPU = {"quick": 4, "small": 4, "paper": 2}
 SPLIT_KEYS = {"val_fraction": float}
 
 
@@ -54,6 +54,10 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip() != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _anomaly_classes(text: str) -> list[int] | str:
+    return "next" if text.strip() == "next" else _int_list(text)
 
 
 def _float_list(text: str) -> list[float]:
@@ -76,7 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="folder holding a local copy of the dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
-    p.add_argument("--anomaly-classes", type=_int_list, default=None, help="known anomaly classes (default: all)")
+    p.add_argument("--anomaly-classes", type=_anomaly_classes, default=None,
+                   help="known anomaly classes, e.g. 1,2 (default: all), or 'next': one per normal class, "
+                        "(normal + 1) mod C")
     p.add_argument("--gamma-p", type=_float_list, default=None, help="pollution ratios (default: the scenario's)")
     p.add_argument("--gamma-l", type=_float_list, default=None, help="labeled anomaly ratios (default: the scenario's)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
@@ -208,7 +214,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
     check_dataset(dataset, args.data_root, download=args.download)
     data = load_dataset(dataset, args.data_root, args.download)
-    for name, classes in (("--normal-classes", args.normal_classes), ("--anomaly-classes", args.anomaly_classes)):
+    listed = args.anomaly_classes if isinstance(args.anomaly_classes, list) else None  # not 'next'
+    for name, classes in (("--normal-classes", args.normal_classes), ("--anomaly-classes", listed)):
         bad = [c for c in classes or [] if not 0 <= c < data.num_classes]
         if bad:
             raise UserError(f"{name} {bad}: {dataset} has classes 0..{data.num_classes - 1}")
