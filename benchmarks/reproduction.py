@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=None, help="CIFAR-10 name or ImageFolder tree (default: cifar10)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset")
     p.add_argument("--profile", default="small")
+    p.add_argument("--normal-classes", default=None, help="normal classes of the scenario2 slice (default: all)")
     p.add_argument("--ablation-classes", default="0,1,2", help="normal classes of the MIL-convex ablation")
     p.add_argument("--max-concurrent", type=int, default=None, help="passed to every sweep")
     p.add_argument("--out", default=str(ROOT / "docs" / "reproduction.md"))
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
         for scenario, extra in STEPS:
             if scenario == "milconvex-ablation":
                 extra = [*extra, "--normal-classes", args.ablation_classes]
+            elif args.normal_classes:
+                extra = [*extra, "--normal-classes", args.normal_classes]
             cmd = [sys.executable, "-m", "orchestrator.sweep", scenario, *common, *extra]
             print("$", " ".join(cmd[1:]), flush=True)
             t0 = time.monotonic()

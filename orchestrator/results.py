@@ -7,6 +7,7 @@
     plot gamma|heatmap|ablation  PNG figures (matplotlib)
     metrics --metric aupr        any metric recomputed from the stored per-sample scores
     compare A B                  paired comparison of two methods: wins, mean difference, Wilcoxon p
+    reproduction                 docs/reproduction.md from a store of benchmarks/reproduction.py's runs
 
 Every command takes ``--storage`` (default ``results``); scores are read from beside it.
 Failed trials are counted and shown, never averaged in.
@@ -350,6 +351,9 @@ def parse_args(argv=None):
     c.add_argument("--scenario", required=True)
     c.add_argument("--metric", default="auroc_pooled")
     c.add_argument("--format", choices=["term", "md", "csv", "latex"], default="term")
+    r = sub.add_parser("reproduction", help="write the reproduction report (tables, relations, cost) from the store")
+    r.add_argument("--profile", default="small")
+    r.add_argument("--out", default="docs/reproduction.md")
     return p.parse_args(argv)
 
 
@@ -406,6 +410,10 @@ def main(argv=None) -> int:
             rows = load_rows(args.storage, f"scenario = '{args.scenario}'")
             _emit(compare(rows, args.method_a, args.method_b, args.metric).round(4), args.format,
                   f"{args.method_a} - {args.method_b}, paired by grid point and seed")
+        elif args.command == "reproduction":
+            from orchestrator.reproduction import write_report
+
+            print(write_report(args.storage, args.out, args.profile))
     except (ValueError, duckdb.Error) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

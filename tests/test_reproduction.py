@@ -1,0 +1,168 @@
+"""The `small` profile (real CIFAR-10 on a CPU) and the reproduction report (docs/reproduction.md).
+
+The CIFAR tests use a small ImageFolder tree cut from the JPEG copy of CIFAR-10 in ../shared/data: the
+profile's network, augmentations and bf16-on-CPU path on real 32x32 images, one training step each,
+and one whole sweep trial through Ray. The report test runs benchmarks/reproduction.py end to end on
+digits (quick profile, two normal classes) and regenerates the document from the store it left.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from methods.base import TrainSet
+from methods.registry import METHODS, get_method
+from orchestrator import datasets as D
+from orchestrator.reproduction import relation_deepsad, relation_drop
+from orchestrator.scenarios import PROFILES, method_params
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
+DEEP = ("hscl", "csi", "msc", "milconvex", "deepsvdd", "deepsad")
+# The papers' augmentations and losses: the small profile must leave these at the method's defaults.
+PAPER_FIELDS = ("crop_scale_min", "jitter", "jitter_p", "gray_p", "rotations", "tau", "proj_dim", "lambda1",
+                "lambda2", "n_prototypes", "w_delta", "lambda_rot", "knn", "rep_dim")
+
+
+@pytest.fixture(scope="module")
+def cifar_tree(tmp_path_factory) -> Path:
+    """40 training and 20 test JPEGs of each CIFAR-10 class, as an ImageFolder tree."""
+    root = tmp_path_factory.mktemp("cifar-mini") / "cifar10-mini"
+    wanted = {"train": 40, "test": 20}
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(CIFAR_TAR) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 4 or parts[1] not in wanted:
+                continue
+            key = (parts[1], parts[2])
+            if taken.get(key, 0) >= wanted[parts[1]]:
+                continue
+            taken[key] = taken.get(key, 0) + 1
+            target = root / parts[1] / parts[2] / parts[3]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+            if len(taken) == 20 and all(taken[k] >= wanted[k[0]] for k in taken):
+                break
+    return root
+
+
+@pytest.fixture()
+def cifar(cifar_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADSWEEP_CACHE", str(tmp_path / "cache"))
+    D.clear_memory_cache()
+    yield D.load_dataset(str(cifar_tree))
+    D.clear_memory_cache()
+
+
+def test_every_method_has_a_small_profile():
+    assert "small" in PROFILES and PROFILES["small"].dataset == "cifar10"
+    for name in METHODS:
+        assert "small" in get_method(name).profiles, f"{name} has no 'small' profile"
+        method_params(name, "small")  # builds and validates
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_small_profile_trains_one_step_on_cifar(name, cifar):
+    cls = get_method(name)
+    params = method_params(name, "small", {"epochs": 1, "warmup_epochs": 0})
+    defaults = cls.Config()
+    assert params["net"] == "resnet18_narrow" and params["cpu_bf16"] is True
+    for field in PAPER_FIELDS:
+        if field in params:
+            assert params[field] == getattr(defaults, field), f"small profile changed {field} of {name}"
+    assert cifar.train_images.shape[1:] == (3, 32, 32)
+    n = params["batch_size"]  # one batch: one Adam step
+    kind = torch.zeros(n, dtype=torch.int8)
+    kind[:3] = TrainSet.ANOMALY  # a few labeled anomalies for the methods that use them
+    train = TrainSet(images=cifar.train_images[:n], kind=kind)
+    method = cls(cls.Config(**params), torch.device("cpu"), seed=0)
+    assert method.amp and method.channels_last  # bf16 autocast and channels_last on the CPU
+    summary = method.fit(train)
+    assert summary["steps"] == 1 and math.isfinite(summary["final_loss"])
+    scores = method.score(cifar.test_images[:50])
+    assert scores.shape == (50,) and np.isfinite(scores).all() and np.ptp(scores) > 0
+
+
+def test_small_profile_sweep_trial_on_cifar_tree(cifar_tree, tmp_path):
+    """One real trial of the small profile through the sweep CLI and Ray, on a CIFAR ImageFolder tree."""
+    store = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--profile", "small", "--dataset", str(cifar_tree),
+         "--methods", "hscl", "--normal-classes", "3", "--anomaly-classes", "next", "--gamma-p", "0.1",
+         "--set", "epochs=1", "--set", "warmup_epochs=0", "--storage", str(store)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "ADSWEEP_CACHE": str(tmp_path / "c")})
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = pd.read_parquet(store)
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["status"] == "ok" and row["profile"] == "small" and row["anomaly_class"] == 4
+    params = json.loads(row["params"])
+    assert params["net"] == "resnet18_narrow" and params["cpu_bf16"] and params["epochs"] == 1
+    assert 0 <= row["auroc_pooled"] <= 1 and row["n_test"] == 200
+
+
+# ---- the report --------------------------------------------------------------------------------------
+
+
+def _cells(hscl_drop: float, csi_drop: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = []
+    for c in range(6):
+        wobble = 0.01 * (c % 3)
+        for m, drop in (("hscl", hscl_drop), ("csi", csi_drop)):
+            rows += [{"method": m, "normal_class": c, "gamma_p": 0.0, "auroc_pooled": 0.9 - wobble},
+                     {"method": m, "normal_class": c, "gamma_p": 0.1, "auroc_pooled": 0.9 - wobble - drop - 0.001 * c}]
+    ok = pd.DataFrame(rows)
+    cells = ok.groupby(["method", "gamma_p"])["auroc_pooled"].agg(mean=lambda s: 100 * s.mean()).reset_index()
+    return ok, cells
+
+
+def test_relation_verdicts_follow_the_numbers():
+    ok, cells = _cells(hscl_drop=0.02, csi_drop=0.10)
+    assert relation_drop(ok, cells)[2] == "holds"
+    ok, cells = _cells(hscl_drop=0.10, csi_drop=0.02)
+    assert relation_drop(ok, cells)[2] == "does not hold"
+    point = {"profile": "small", "dataset": "d", "anomaly_class": 1, "gamma_l": 0.05, "gamma_l_normal": 0.05,
+             "seed": 0, "status": "ok", "gamma_p": 0.0}
+    rows = pd.DataFrame([{**point, "method": m, "normal_class": c, "auroc_pooled": base + 0.01 * c}
+                         for c in range(8) for m, base in (("deepsad", 0.8), ("deepsvdd", 0.7))])
+    assert relation_deepsad(rows)[2] == "holds"
+    rows["method"] = rows["method"].map({"deepsad": "deepsvdd", "deepsvdd": "deepsad"})
+    assert relation_deepsad(rows)[2] == "does not hold"
+
+
+def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_path):
+    store, doc, again = tmp_path / "results", tmp_path / "reproduction.md", tmp_path / "again.md"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/reproduction.py", "--profile", "quick", "--dataset", "digits",
+         "--store", str(store), "--normal-classes", "0,1", "--ablation-classes", "0", "--out", str(doc)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    text = doc.read_text()
+    rows = pd.read_parquet(store)
+    assert len(rows) == 2 * 2 * 7 + 4 and (rows["status"] == "ok").all()  # 7 methods x 2 classes x 2 gammas + ablation
+    for method in ("hscl", "csi", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"):
+        mine = rows[(rows["method"] == method) & (rows["scenario"] == "scenario2") & (rows["gamma_p"] == 0.1)]
+        line = next(li for li in text.splitlines() if li.startswith(f"| {method} "))
+        assert f"{100 * mine['auroc_pooled'].mean():.1f} [2]" in line, line
+    verdicts = [li for li in text.split("## Do the papers' relations hold?")[1].split("##")[0].splitlines()
+                if li.startswith("| ") and "**" in li]
+    assert len(verdicts) == 4  # contrastive vs pixels, HSCL vs CSI drop, Deep SAD vs SVDD, MIL-convex ablation
+    assert "Rot + Mean" in text and "HSCL Table 2" in text and "trial time, sum (min)" in text
+
+    # The results CLI writes the same document from the store alone (only the timestamp line may differ).
+    cli = subprocess.run([sys.executable, "-m", "orchestrator.results", "--storage", str(store), "reproduction",
+                          "--profile", "quick", "--out", str(again)], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    strip = [li for li in text.splitlines() if not li.startswith("_Generated")]
+    assert [li for li in again.read_text().splitlines() if not li.startswith("_Generated")] == strip
