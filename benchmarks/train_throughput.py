@@ -17,9 +17,10 @@ the tricks it turns on, joined by "+" ("fp32" = none):
            (benchmarks/augment_throughput.py's pipeline), copied to the device; rotations and
            everything after stay HSCL's. Without it, augmentation is batched on the device.
 
-HSCL turns amp and channels_last on only on CUDA; on CPU this script sets the instance's switches
-itself (`torch.autocast("cpu", bfloat16)`), to show what they would do there. The host-aug variant
-swaps `methods.hscl.simclr_augment` for the loader's output during its steps; nothing else of
+HSCL turns amp and channels_last on only on CUDA unless `cpu_bf16` is set (the `small` profile sets
+it); this script sets it, so that on the CPU the variants show what each switch does there.
+`--net resnet18_narrow` measures the small profile's network (train_throughput-resnet18_narrow.json).
+The host-aug variant swaps `methods.hscl.simclr_augment` for the loader's output during its steps; nothing else of
 the step changes.
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one eager fp32 step (forward + backward:
@@ -182,12 +183,10 @@ class Variant:
         if unknown:
             raise SystemExit(f"unknown trick(s) {sorted(unknown)} in variant '{name}'; known: {', '.join(TRICKS)}")
         dev = images.device
-        cfg = HSCLConfig(net="resnet18", batch_size=batch, amp="bf16" in self.tricks,
-                         channels_last="cl" in self.tricks, compile="compile" in self.tricks)
+        # cpu_bf16: on the CPU too, amp and channels_last do what the variant asks (as the small profile).
+        cfg = HSCLConfig(net=NET, batch_size=batch, amp="bf16" in self.tricks, channels_last="cl" in self.tricks,
+                         compile="compile" in self.tricks, cpu_bf16=True)
         self.method = m = HSCL(cfg, dev, seed)
-        if dev.type != "cuda":  # HSCL applies amp / channels_last on CUDA only: switch them on here
-            m.amp, m.channels_last = cfg.amp, cfg.channels_last
-            m._autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=m.amp)
         m.net = m._build_net(images.shape[1])
         self.forward = torch.compile(m.net) if cfg.compile else m.net  # as HSCL.fit does
         self.opt = torch.optim.Adam(m.net.parameters(), lr=cfg.lr)
@@ -244,6 +243,9 @@ def _swap_augment(fn):
         hscl_module.simclr_augment = saved
 
 
+NET = "resnet18"  # the encoder, from --net
+
+
 def count_flops(images, kind, batch, seed) -> tuple[int, dict]:
     v = Variant("fp32", images, kind, batch, seed, 0)
     with FlopCounterMode(display=False) as fc:
@@ -256,6 +258,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/tmp/cifar10-jpeg", help="CIFAR-10 ImageFolder tree (or 'cifar10')")
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--net", default="resnet18", help="encoder: resnet18 (paper) or resnet18_narrow (small)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on CPU, 256 on GPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 2 CPU, 20 GPU)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -266,6 +269,8 @@ def main():
                                                                          "(default 0 on CPU, 4 on GPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak, if not in the table")
     args = parser.parse_args()
+    global NET
+    NET = args.net
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -287,7 +292,7 @@ def main():
     load_before = os.getloadavg()
 
     flops, flops_by_op = count_flops(images, kind, batch, seed=0)
-    print(f"{flops / 1e9:.1f} GFLOP per step (batch {batch}: {8 * batch} rows through ResNet-18)", flush=True)
+    print(f"{flops / 1e9:.1f} GFLOP per step (batch {batch}: {8 * batch} rows through {NET})", flush=True)
 
     variants, setup = {}, {}
     for name in names:
@@ -341,7 +346,7 @@ def main():
         "device": device_name,
         "torch": torch.__version__,
         "threads": None if cuda else args.threads,
-        "model": "HSCL step: ResNet-18 (CIFAR) + 128-d head, 2 views x 4 rotations, Eq. 8, Adam",
+        "model": f"HSCL step: {NET} (CIFAR) + 128-d head, 2 views x 4 rotations, Eq. 8, Adam",
         "data": f"{data.name} train[:{args.images}], uint8 32x32 on the device",
         "batch_images": batch,
         "rows_per_step": 8 * batch,
@@ -356,7 +361,8 @@ def main():
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "results": results,
     }
-    out = ROOT / "benchmarks" / "records" / "train_throughput.json"
+    suffix = "" if NET == "resnet18" else f"-{NET}"
+    out = ROOT / "benchmarks" / "records" / f"train_throughput{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

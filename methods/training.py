@@ -62,8 +62,9 @@ class ContrastiveConfig:
     channels_last: bool = True
     """channels_last memory format; on the CPU only with `cpu_bf16`"""
     cpu_bf16: bool = False
-    """apply `amp` and `channels_last` on the CPU too: 2.3x faster for the narrow ResNet-18 on a CPU
-    with AVX-512 BF16 (benchmarks/train_throughput.py); off by default since older CPUs emulate bf16"""
+    """apply `amp` and `channels_last` on the CPU too: together 3.8x fp32's HSCL step with the narrow ResNet-18
+    on this project's AVX-512 BF16 CPU (benchmarks/records/train_throughput-resnet18_narrow.json); off by
+    default, since a CPU without native bf16 emulates it"""
     compile: bool = False
     """torch.compile the model"""
 
