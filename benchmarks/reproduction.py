@@ -10,7 +10,8 @@ The slice (each step is one `python -m orchestrator.sweep` call, in this order):
 1. scenario2 (HSCL Table 2), HSCL and CSI: all 10 normal classes, one known anomaly class each
    ((normal + 1) mod 10), gamma_p in {0, .10}, gamma_l = .05.
 2. the same grid for the raw-pixel baselines OC-SVM, IF and KDE, and for Deep SVDD and Deep SAD.
-3. milconvex-ablation (MIL-convex Table 3) on normal classes --ablation-classes (default 0-2).
+3. milconvex-ablation (MIL-convex Table 3, gamma_p = .05) on the normal classes --mil-classes (default 0-2).
+4. contamination (MIL-convex Table 1) at gamma_p = .10 for MIL-convex, CSI and MSC, on the same classes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ STEPS = [
     ("scenario2", ["--methods", "ocsvm,iforest,kde,deepsvdd,deepsad", "--anomaly-classes", "next",
                    "--gamma-p", "0,0.1"]),
     ("milconvex-ablation", []),
+    ("contamination", ["--methods", "milconvex,csi,msc", "--gamma-p", "0.1"]),
 ]
 
 
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="folder holding the dataset")
     p.add_argument("--profile", default="small")
     p.add_argument("--normal-classes", default=None, help="normal classes of the scenario2 slice (default: all)")
-    p.add_argument("--ablation-classes", default="0,1,2", help="normal classes of the MIL-convex ablation")
+    p.add_argument("--mil-classes", default="0,1,2", help="normal classes of the MIL-convex sweeps (steps 3-4)")
     p.add_argument("--max-concurrent", type=int, default=None, help="passed to every sweep")
     p.add_argument("--out", default=str(ROOT / "docs" / "reproduction.md"))
     p.add_argument("--report-only", action="store_true", help="write the document from the store, train nothing")
@@ -50,8 +52,8 @@ def main(argv=None) -> int:
         common += ["--data-root", args.data_root] if args.data_root else []
         common += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
         for scenario, extra in STEPS:
-            if scenario == "milconvex-ablation":
-                extra = [*extra, "--normal-classes", args.ablation_classes]
+            if scenario in ("milconvex-ablation", "contamination"):
+                extra = [*extra, "--normal-classes", args.mil_classes]
             elif args.normal_classes:
                 extra = [*extra, "--normal-classes", args.normal_classes]
             cmd = [sys.executable, "-m", "orchestrator.sweep", scenario, *common, *extra]
