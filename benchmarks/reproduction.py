@@ -52,13 +52,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "reproduction.md"))
     p.add_argument("--report-only", action="store_true", help="write the document from the store, train nothing")
     args = p.parse_args(argv)
+    # The sweeps run from the repo root, so paths the caller typed are made absolute against the caller's
+    # folder first; the defaults live in the repo wherever the script is called from.
+    default_store = args.store == DEFAULT_STORE
+    store = str(ROOT / DEFAULT_STORE) if default_store else str(Path(args.store).resolve())
+    scores = args.scores_store or (str(ROOT / DEFAULT_SCORES) if default_store else None)
+    scores = str(Path(scores).resolve()) if scores else None
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
 
     if not args.report_only:
-        common = ["--profile", args.profile, "--storage", args.store]
-        scores = args.scores_store or (DEFAULT_SCORES if args.store == DEFAULT_STORE else None)
+        common = ["--profile", args.profile, "--storage", store]
         common += ["--scores-storage", scores] if scores else []
         common += ["--dataset", args.dataset] if args.dataset else []
-        common += ["--data-root", args.data_root] if args.data_root else []
+        common += ["--data-root", data_root] if data_root else []
         common += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
         for scenario, extra in STEPS:
             if scenario in ("milconvex-ablation", "contamination"):
@@ -75,7 +81,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from orchestrator.reproduction import write_report
 
-    path = write_report(args.store, args.out, profile=args.profile)
+    path = write_report(store, args.out, profile=args.profile)
     print(f"wrote {path}")
     return 0
 
