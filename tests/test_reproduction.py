@@ -22,7 +22,7 @@ import torch
 from methods.base import TrainSet
 from methods.registry import METHODS, get_method
 from orchestrator import datasets as D
-from orchestrator.reproduction import relation_deepsad, relation_drop
+from orchestrator.reproduction import relation_deepsad, relation_drop, wall_minutes
 from orchestrator.scenarios import PROFILES, method_params
 from tests.conftest import SHARED_DATA
 
@@ -168,3 +168,13 @@ def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_
     assert cli.returncode == 0, cli.stderr
     strip = [li for li in text.splitlines() if not li.startswith("_Generated")]
     assert [li for li in again.read_text().splitlines() if not li.startswith("_Generated")] == strip
+
+
+def test_wall_minutes_counts_overlaps_once_and_skips_gaps_between_sessions():
+    t = pd.Timestamp("2026-12-02 10:00", tz="UTC")
+    m = pd.Timedelta(minutes=1)
+    rows = pd.DataFrame({  # two trials overlapping for 5 min, then a 2-hour gap, then one 10-min trial
+        "started_at": [t, t + 5 * m, t + 130 * m],
+        "finished_at": [t + 10 * m, t + 20 * m, t + 140 * m],
+    })
+    assert wall_minutes(rows) == pytest.approx(30.0)
