@@ -138,7 +138,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from orchestrator.datasets import load_dataset
+    from orchestrator.data.datasets import load_dataset
 
     data = load_dataset(args.data)
     images = data.train_images[: args.images].contiguous()

@@ -55,7 +55,7 @@ WORKLOADS = {
 
 def images_for(name: str) -> torch.Tensor:
     if name == "digits":
-        from orchestrator.datasets import load_dataset
+        from orchestrator.data.datasets import load_dataset
 
         d = load_dataset("digits")
         return d.train_images[d.train_labels < 5]

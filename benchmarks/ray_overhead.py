@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.runner import run_trial
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
 
 ROOT = Path(__file__).resolve().parent.parent
 

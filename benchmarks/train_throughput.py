@@ -281,7 +281,7 @@ def main():
     if cuda:
         torch.backends.cudnn.benchmark = True
 
-    from orchestrator.datasets import load_dataset
+    from orchestrator.data.datasets import load_dataset
 
     data = load_dataset(args.data)
     images = data.train_images[: args.images].contiguous().to(dev)

@@ -86,10 +86,10 @@ from methods.cadet import (
     mmd_u2,
     permutation_p_value,
 )
-from orchestrator.datasets import DatasetError, load_dataset
+from orchestrator.data.datasets import DatasetError, load_dataset
 from orchestrator.runner import device_name, pick_device, to_shape
-from orchestrator.scenarios import trial_key
-from orchestrator.splits import stable_seed
+from orchestrator.grid.scenarios import trial_key
+from orchestrator.data.splits import stable_seed
 
 TRAININGS = ("contrastive", "supervised")
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.results import compare, load_rows, published
-from orchestrator.scenarios import SCENARIOS
+from orchestrator.grid.scenarios import SCENARIOS
 
 CONTRASTIVE = ("hscl", "csi")
 RAW_PIXELS = ("ocsvm", "iforest", "kde")

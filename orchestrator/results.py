@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.report import paper_table, row_order
-from orchestrator.scenarios import SCENARIOS
+from orchestrator.grid.scenarios import SCENARIOS
 from orchestrator.store import ResultStore, ScoreStore, read_manifests, scores_uri_for
 
 console = Console()

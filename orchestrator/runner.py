@@ -26,10 +26,10 @@ from sklearn.metrics import roc_auc_score
 
 from methods.base import TrainSet
 from methods.registry import get_method
-from orchestrator.datasets import load_dataset
+from orchestrator.data.datasets import load_dataset
 from orchestrator.metrics import test_aurocs
-from orchestrator.scenarios import trial_key
-from orchestrator.splits import SplitError, SplitSpec, make_split, stable_seed
+from orchestrator.grid.scenarios import trial_key
+from orchestrator.data.splits import SplitError, SplitSpec, make_split, stable_seed
 from orchestrator.store import ResultStore, ScoreStore
 
 

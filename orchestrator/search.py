@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from methods.registry import METHODS, get_method
-from orchestrator.scenarios import PROFILES, SCENARIOS, method_params, trial_key
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, method_params, trial_key
 
 KINDS = {"float", "int", "log", "categorical"}
 FIELDS = {"type", "low", "high", "step", "choices", "condition"}
@@ -210,7 +210,7 @@ def parse_args(argv=None):
 
 def build(args) -> dict:
     """Validate everything before any work; returns the search context."""
-    from orchestrator.datasets import canonical_name, load_dataset
+    from orchestrator.data.datasets import canonical_name, load_dataset
     from orchestrator.sweep import UserError, parse_overrides
 
     if args.method not in METHODS:
@@ -247,8 +247,8 @@ def build(args) -> dict:
 
 
 def main(argv=None) -> int:
-    from orchestrator.datasets import DatasetError
-    from orchestrator.splits import SplitError
+    from orchestrator.data.datasets import DatasetError
+    from orchestrator.data.splits import SplitError
     from orchestrator.sweep import UserError
 
     args = parse_args(argv)

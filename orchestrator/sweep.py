@@ -33,10 +33,10 @@ import yaml
 from pyarrow import ArrowException
 
 from methods.registry import METHODS, get_method
-from orchestrator.datasets import DatasetError, canonical_name, check_dataset, load_dataset
+from orchestrator.data.datasets import DatasetError, canonical_name, check_dataset, load_dataset
 from orchestrator.report import print_table, row_order
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
-from orchestrator.splits import SplitError
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.data.splits import SplitError
 from orchestrator.store import ResultStore, scores_uri_for, write_manifest
 
 # Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a

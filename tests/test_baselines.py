@@ -18,9 +18,9 @@ from methods.deepsad import DeepSAD
 from methods.deepsvdd import DeepSVDD, strip_biases
 from methods.hscl import HSCL
 from methods.registry import METHODS
-from orchestrator.datasets import load_dataset
+from orchestrator.data.datasets import load_dataset
 from orchestrator.runner import run_trial, split_for
-from orchestrator.scenarios import PROFILES, SCENARIOS, Scenario, expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, Scenario, expand
 
 BASELINES = ("ocsvm", "iforest", "kde", "deepsvdd", "deepsad")
 UNSUPERVISED = ("ocsvm", "iforest", "kde", "deepsvdd")

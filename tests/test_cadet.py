@@ -49,8 +49,8 @@ from methods.cadet import (
 )
 from methods.training import nt_xent, view_partner
 from orchestrator import cadet_experiments as ce
-from orchestrator.datasets import load_dataset
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand
+from orchestrator.data.datasets import load_dataset
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
 from orchestrator.search import load_space
 from tests.conftest import SHARED_DATA
 

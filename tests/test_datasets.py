@@ -1,4 +1,4 @@
-"""orchestrator.datasets on real data: sklearn digits, the shared CIFAR-10 JPEG tree and MNIST test files.
+"""orchestrator.data.datasets on real data: sklearn digits, the shared CIFAR-10 JPEG tree and MNIST test files.
 
 The shared files (see /work/shared/data/README.md) are absent on some machines; the tests that need
 them are skipped there. Nothing here downloads.
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator import datasets as D
-from orchestrator.datasets import DatasetError, ImageData, check_dataset, dataset_names, load_dataset
+from orchestrator.data import datasets as D
+from orchestrator.data.datasets import DatasetError, ImageData, check_dataset, dataset_names, load_dataset
 from tests.conftest import SHARED_DATA
 
 SHARED = SHARED_DATA

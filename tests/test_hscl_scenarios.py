@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
 
 QUICK = PROFILES["quick"]
 BASELINES = ["hscl", "csi", "deepsad", "deepsvdd", "ocsvm", "iforest", "kde"]

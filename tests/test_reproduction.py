@@ -21,9 +21,9 @@ import torch
 
 from methods.base import TrainSet
 from methods.registry import METHODS, get_method
-from orchestrator import datasets as D
+from orchestrator.data import datasets as D
 from orchestrator.reproduction import relation_deepsad, relation_drop, wall_minutes
-from orchestrator.scenarios import PROFILES, method_params
+from orchestrator.grid.scenarios import PROFILES, method_params
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from orchestrator.datasets import read_idx
+from orchestrator.data.datasets import read_idx
 from orchestrator.runner import to_shape
 from tests.conftest import SHARED_DATA
 

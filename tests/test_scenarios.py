@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand, method_params, trial_key
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand, method_params, trial_key
 
 SC2, QUICK = SCENARIOS["scenario2"], PROFILES["quick"]
 
@@ -52,7 +52,7 @@ def test_parameters_are_paper_defaults_then_profile_then_user():
 
 
 def test_variants_are_a_grid_axis_whose_values_win():
-    from orchestrator.scenarios import Scenario
+    from orchestrator.grid.scenarios import Scenario
 
     ablation = Scenario(name="abl", description="", methods=("hscl",), gamma_p=(0.05,), gamma_l=(0.05,),
                         variants={"full": {}, "w/o N-A": {"use_na": False}}, table_rows=("variant",))
@@ -69,7 +69,7 @@ def test_variants_are_a_grid_axis_whose_values_win():
 
 
 def test_labeled_normals_can_be_tied_to_gamma_l():
-    from orchestrator.scenarios import Scenario
+    from orchestrator.grid.scenarios import Scenario
 
     tied = Scenario(name="s1", description="", methods=("hscl",), gamma_p=(0.0,), gamma_l=(0.01, 0.05),
                     gamma_l_normal=None)

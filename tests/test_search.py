@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import orchestrator.runner as runner
-from orchestrator.datasets import load_dataset
+from orchestrator.data.datasets import load_dataset
 from orchestrator.search import SpaceError, load_space, search_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_a_search_trial_never_reads_the_test_split(monkeypatch):
     monkeypatch.setattr("ray.tune.report", lambda metrics: reports.append(metrics))
     base = {"scenario": "scenario2", "profile": "quick", "dataset": "digits", "method": "hscl", "variant": None,
             "gamma_p": 0.05, "gamma_l": 0.05, "gamma_l_normal": 0.0, "val_fraction": 0.05, "seed": 0}
-    from orchestrator.scenarios import method_params
+    from orchestrator.grid.scenarios import method_params
 
     ctx = {"base": base, "pairs": [[0, 1], [3, 5]], "base_params": method_params("hscl", "quick", {"epochs": 4}),
            "val_every": 2}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from orchestrator.splits import SplitError, SplitSpec, deepsad_counts, make_split
+from orchestrator.data.splits import SplitError, SplitSpec, deepsad_counts, make_split
 
 # CIFAR-10's training labels: 5,000 images in each of 10 classes.
 CIFAR_LABELS = np.repeat(np.arange(10), 5000)

@@ -11,8 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from orchestrator.datasets import load_dataset
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.data.datasets import load_dataset
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand, trial_key
 from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent

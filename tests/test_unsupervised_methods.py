@@ -41,8 +41,8 @@ from methods.milconvex import (
 from methods.msc import MSC, feature_centre, mean_shifted_loss, recentre
 from methods.similarity import max_cosine, topk_cosine
 from methods.training import lr_factor, nt_xent, view_partner
-from orchestrator.scenarios import PROFILES, SCENARIOS, expand
-from orchestrator.splits import SplitSpec, make_split
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
+from orchestrator.data.splits import SplitSpec, make_split
 
 
 def unit(*degrees: float) -> torch.Tensor:
