@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.runner import run_trial
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
+from orchestrator.data.datasets import DataSource
+from orchestrator.experiments import one_class
+from orchestrator.grid.planner import expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,9 +35,9 @@ def main():
     trials = expand(SCENARIOS["scenario2"], PROFILES["quick"], num_classes=10, normal_classes=[0, 1])[: args.trials]
     torch.set_num_threads(1)
 
-    run_trial(trials[0])  # warm caches (dataset, kernels) so both sides start equal
+    one_class.run(trials[0], DataSource())  # warm caches (dataset, kernels) so both sides start equal
     t0 = time.perf_counter()
-    direct_own = [run_trial(t)["trial_seconds"] for t in trials]
+    direct_own = [one_class.run(t, DataSource())["trial_seconds"] for t in trials]
     direct = time.perf_counter() - t0
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -45,18 +47,18 @@ def main():
     import ray
     from ray import tune
 
-    from orchestrator.runner import tune_trial
+    from orchestrator.runner import Context, tune_trial
 
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     ray_start = time.perf_counter() - t0
     store = tempfile.mkdtemp(prefix="adsweep-overhead-")
-    ctx = {"storage": store, "workers": 0, "cpus_per_worker": 1, "sweep": "bench", "train_storage": store}
+    ctx = Context(storage=store, sweep="bench", train_storage=store).to_dict()
     t0 = time.perf_counter()
     grid = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": 1}),
-        param_space={"trial": tune.grid_search(trials), "ctx": ctx},
+        param_space={"trial": tune.grid_search([t.to_dict() for t in trials]), "ctx": ctx},
         tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True,
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(storage_path=store, verbose=0),

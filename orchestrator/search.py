@@ -25,7 +25,6 @@ import functools
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -35,7 +34,12 @@ import numpy as np
 import yaml
 
 from methods.registry import METHODS, get_method
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, method_params, trial_key
+from orchestrator.cli import Parser, UserError, fail, parse_overrides
+from orchestrator.data.datasets import DatasetError, DataSource
+from orchestrator.data.splits import SplitError
+from orchestrator.grid.planner import Request, plan
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.grid.trial import Trial, key_of
 
 KINDS = {"float", "int", "log", "categorical"}
 FIELDS = {"type", "low", "high", "step", "choices", "condition"}
@@ -127,21 +131,17 @@ def suggest(trial, params: dict) -> dict:
 # One search trial: a few pairs, validation AUROC only
 
 
-def search_trials(base: dict, pairs: list[tuple[int, int]], params: dict) -> list[dict]:
-    """The grid-point trials one search trial trains (same shape as a sweep's, no test)."""
-    return [{**base, "normal_class": n, "anomaly_class": a, "params": params} for n, a in pairs]
-
-
 def search_trainable(config: dict, ctx: dict) -> dict:
     """Ray Tune trainable: train every pair with the proposed params; objective = mean auroc_val."""
     import ray.tune
     import torch
 
-    from orchestrator.runner import run_trial
+    from orchestrator.experiments import one_class
 
     torch.set_num_threads(max(1, int(ctx.get("cpus_per_trial", 1))))
     params = {**ctx["base_params"], **config}
-    trials = search_trials(ctx["base"], ctx["pairs"], params)
+    trials = [dataclasses.replace(Trial.from_dict(t), params=params) for t in ctx["trials"]]
+    source = DataSource(**ctx["data"])
     epochs = int(params.get("epochs", 1))
     finished: list[float] = []
 
@@ -152,8 +152,7 @@ def search_trainable(config: dict, ctx: dict) -> dict:
                 ray.tune.report({"auroc_val": float(np.mean([*finished, current])), "pair": j, "epoch": epoch,
                                  "step": j * epochs + epoch})
 
-        row = run_trial(trial, data_root=ctx.get("data_root"), on_epoch=on_epoch, evaluate_test=False,
-                        val_every=ctx.get("val_every", 1))
+        row = one_class.run(trial, source, on_epoch, evaluate_test=False, val_every=ctx.get("val_every", 1))
         finished.append(row["auroc_val"])
     final = float(np.mean(finished))
     return {"auroc_val": final, "pair": len(trials), "epoch": epochs, "step": len(trials) * epochs + 1,
@@ -162,12 +161,13 @@ def search_trainable(config: dict, ctx: dict) -> dict:
 
 def search_row(ctx: dict, params: dict, auroc_val: float | None, status: str, error: str | None = None) -> dict:
     full = {**ctx["base_params"], **params}
-    config = {"kind": "search", **ctx["base"], "pairs": [list(p) for p in ctx["pairs"]], "params": full}
+    first = {k: v for k, v in ctx["trials"][0].items() if k not in ("normal_class", "anomaly_class", "params")}
+    config = {"kind": "search", **first, "pairs": [list(p) for p in ctx["pairs"]], "params": full}
     return {
-        "trial_key": trial_key(config), "sweep": ctx["study"], "kind": "search", "config": config,
-        "params": full, "status": status, "error": error, "auroc_val": auroc_val,
-        **{k: ctx["base"][k] for k in ("profile", "scenario", "method", "dataset", "gamma_p", "gamma_l",
-                                       "gamma_l_normal", "val_fraction", "seed")},
+        "trial_key": key_of(config), "sweep": ctx["study"], "kind": "search", "experiment": first["kind"],
+        "config": config, "params": full, "status": status, "error": error, "auroc_val": auroc_val,
+        **{k: first[k] for k in ("profile", "scenario", "method", "dataset", "gamma_p", "gamma_l",
+                                 "gamma_l_normal", "val_fraction", "seed")},
         "finished_at": datetime.now(timezone.utc),
     }
 
@@ -184,7 +184,7 @@ def _pairs(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m orchestrator.search", description=__doc__.split("\n\n")[0])
     p.add_argument("method")
     p.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/hscl.yaml")
     p.add_argument("--scenario", default="scenario2")
@@ -210,9 +210,6 @@ def parse_args(argv=None):
 
 def build(args) -> dict:
     """Validate everything before any work; returns the search context."""
-    from orchestrator.data.datasets import canonical_name, load_dataset
-    from orchestrator.sweep import UserError, parse_overrides
-
     if args.method not in METHODS:
         raise UserError(f"unknown method '{args.method}'; known methods: {', '.join(METHODS)}")
     space = load_space(args.space)
@@ -220,43 +217,35 @@ def build(args) -> dict:
         raise UserError(f"{args.space} is a space for '{space['method']}', not '{args.method}'")
     if args.scenario not in SCENARIOS or args.profile not in PROFILES:
         raise UserError(f"unknown scenario '{args.scenario}' or profile '{args.profile}'")
+    scenario = SCENARIOS[args.scenario]
+    if scenario.kind != "one_class":
+        raise UserError(f"a search trains one_class grid points; {args.scenario} is a {scenario.kind} scenario")
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
-    scenario, profile = SCENARIOS[args.scenario], PROFILES[args.profile]
-    overrides, _ = parse_overrides(args.overrides, [args.method])
-    dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
-    data = load_dataset(dataset, args.data_root)
+    overrides, split_over = parse_overrides(args.overrides, [args.method])
     gamma_p = args.gamma_p if args.gamma_p is not None else scenario.gamma_p[len(scenario.gamma_p) // 2]
-    gamma_l = scenario.gamma_l[0]
-    base = {"scenario": args.scenario, "profile": args.profile, "dataset": dataset, "method": args.method,
-            "variant": None, "gamma_p": float(gamma_p), "gamma_l": float(gamma_l),
-            "gamma_l_normal": float(scenario.gamma_l_normal[0] if scenario.gamma_l_normal else gamma_l),
-            "val_fraction": 0.05, "seed": args.seed}
-    for n, a in args.pairs:
-        if not (0 <= n < data.num_classes and 0 <= a < data.num_classes) or n == a:
-            raise UserError(f"--pairs {n}:{a}: classes must differ and lie in 0..{data.num_classes - 1}")
-    # Every pair's split must be possible (same check as a sweep).
-    from orchestrator.runner import split_for
-
-    for trial in search_trials(base, args.pairs, {}):
-        split_for(trial, data.train_labels.numpy(), data.num_classes)
+    request = Request(scenario=args.scenario, profile=args.profile, methods=[args.method], dataset=args.dataset,
+                      seeds=[args.seed], gamma_p=[gamma_p], gamma_l=[scenario.gamma_l[0]], overrides=overrides,
+                      **split_over)
+    source = DataSource(root=os.path.abspath(args.data_root) if args.data_root else None)
+    trials = []
+    for n, a in args.pairs:  # one planned grid point per pair; the planner checks its split is possible
+        if n == a:
+            raise UserError(f"--pairs {n}:{a}: the normal and the known anomaly class must differ")
+        planned, source = plan(dataclasses.replace(request, normal_classes=[n], anomaly_classes=[a]), source)
+        trials.append(planned[0])
     study = args.study or f"{args.method}-{args.scenario}-{args.profile}"
-    return {"space": space, "base": base, "pairs": [list(p) for p in args.pairs], "study": study,
-            "base_params": method_params(args.method, args.profile, overrides), "data_root": args.data_root,
-            "val_every": args.val_every, "cpus_per_trial": 1}
+    return {"space": space, "trials": [t.to_dict() for t in trials], "pairs": [list(p) for p in args.pairs],
+            "study": study, "base_params": trials[0].params, "data": dataclasses.asdict(source),
+            "val_every": args.val_every, "cpus_per_trial": 1, "gamma_p": float(gamma_p)}
 
 
 def main(argv=None) -> int:
-    from orchestrator.data.datasets import DatasetError
-    from orchestrator.data.splits import SplitError
-    from orchestrator.sweep import UserError
-
     args = parse_args(argv)
     try:
         ctx = build(args)
     except (SpaceError, UserError, DatasetError, SplitError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
@@ -294,7 +283,7 @@ def main(argv=None) -> int:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     concurrent = max(1, min(cpus, args.max_concurrent or cpus, args.trials))
     print(f"search {ctx['study']}: {args.trials} new trials ({previous} in the study already), {concurrent} at a "
-          f"time, pairs {ctx['pairs']}, gamma_p {ctx['base']['gamma_p']}; objective auroc_val (validation only)")
+          f"time, pairs {ctx['pairs']}, gamma_p {ctx['gamma_p']}; objective auroc_val (validation only)")
     tune_dir = tempfile.mkdtemp(prefix="adsweep-search-")
     try:
         grid = tune.Tuner(
@@ -330,7 +319,7 @@ def main(argv=None) -> int:
     best_yaml.write_text(yaml.safe_dump({
         "method": args.method, "params": chosen, "auroc_val": float(best["auroc_val"]),
         "study": ctx["study"], "scenario": args.scenario, "profile": args.profile, "pairs": ctx["pairs"],
-        "gamma_p": ctx["base"]["gamma_p"], "trials_in_study": len(study.trials), "trials_finished": len(done),
+        "gamma_p": ctx["gamma_p"], "trials_in_study": len(study.trials), "trials_finished": len(done),
         "objective": "mean validation AUROC (held-out training images; test split never used)",
     }, sort_keys=False))
     print(f"best of {len(done)} finished trials ({len(study.trials)} in the study): "

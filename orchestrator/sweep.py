@@ -21,71 +21,59 @@ import dataclasses
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib import metadata
-from pathlib import Path
 
-import yaml
 from pyarrow import ArrowException
 
-from methods.registry import METHODS, get_method
-from orchestrator.data.datasets import DatasetError, canonical_name, check_dataset, load_dataset
-from orchestrator.report import print_table, row_order
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.cli import (
+    Parser,
+    UserError,
+    anomaly_classes,
+    fail,
+    float_list,
+    git_sha,
+    int_list,
+    name_list,
+    package_version,
+    parse_overrides,
+    read_params_file,
+)
+from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.data.splits import SplitError
+from orchestrator.grid.planner import Request, plan
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.grid.trial import Trial
+from orchestrator.report.tables import print_table, row_order
+from orchestrator.runner import Context
 from orchestrator.store import ResultStore, scores_uri_for, write_manifest
 
 # Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
 # GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
 DEFAULT_TRIALS_PER_GPU = {"quick": 4, "small": 4, "paper": 2}
-SPLIT_KEYS = {"val_fraction": float}
-
-
-class UserError(ValueError):
-    """Bad input: one line saying what is wrong and how to fix it."""
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-def _anomaly_classes(text: str) -> list[int] | str:
-    return "next" if text.strip() == "next" else _int_list(text)
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", help=f"one of: {', '.join(SCENARIOS)}")
     p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the scenario's)")
+    p.add_argument("--methods", default=None, type=name_list, help="comma-separated methods (default: the scenario's)")
     p.add_argument("--dataset", default=None, help="override the profile's dataset (a name or an ImageFolder path)")
     p.add_argument("--labeled-dataset", default=None, help="scenario3: the dataset of the labeled anomalies")
-    p.add_argument("--test-datasets", default=None, type=lambda t: [x for x in t.split(",") if x],
+    p.add_argument("--test-datasets", default=None, type=name_list,
                    help="scenario3: datasets whose test splits are the test anomalies; twosample: further shifts")
     p.add_argument("--data-root", default=None, help="folder holding a local copy of the dataset")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    p.add_argument("--normal-classes", type=_int_list, default=None, help="e.g. 0,1 (default: all)")
-    p.add_argument("--anomaly-classes", type=_anomaly_classes, default=None,
+    p.add_argument("--normal-classes", type=int_list, default=None, help="e.g. 0,1 (default: all)")
+    p.add_argument("--anomaly-classes", type=anomaly_classes, default=None,
                    help="known anomaly classes, e.g. 1,2 (default: all), or 'next': one per normal class, "
                         "(normal + 1) mod C")
-    p.add_argument("--gamma-p", type=_float_list, default=None, help="pollution ratios (default: the scenario's)")
-    p.add_argument("--gamma-l", type=_float_list, default=None, help="labeled anomaly ratios (default: the scenario's)")
-    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated replicate seeds (default 0)")
+    p.add_argument("--gamma-p", type=float_list, default=None, help="pollution ratios (default: the scenario's)")
+    p.add_argument("--gamma-l", type=float_list, default=None, help="labeled anomaly ratios (default: the scenario's)")
+    p.add_argument("--seeds", type=int_list, default=[0], help="comma-separated replicate seeds (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (e.g. --set epochs=5 --set lambda1=0.5); repeatable")
     p.add_argument("--params-from", default=None, metavar="YAML",
@@ -108,179 +96,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _coerce(key: str, raw: str, default):
-    """Parse ``raw`` as the type of the parameter's default (bool, int, float or str)."""
-    kind = type(default)
-    try:
-        if kind is bool:
-            return {"true": True, "false": False, "1": True, "0": False}[raw.strip().lower()]
-        return kind(raw.strip()) if kind in (int, float) else raw
-    except (KeyError, ValueError):
-        raise UserError(f"--set {key}={raw}: expected a {kind.__name__} like the default {default!r}") from None
-
-
-def parse_overrides(pairs: list[str], methods: list[str]) -> tuple[dict, dict]:
-    """``--set`` pairs -> (method parameter overrides, split overrides), typed like the defaults."""
-    defaults = {}
-    for m in methods:
-        for field in dataclasses.fields(get_method(m).Config):
-            defaults.setdefault(field.name, getattr(get_method(m).Config(), field.name))
-    method_over, split_over = {}, {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"--set '{pair}': write KEY=VALUE, e.g. --set epochs=5")
-        if key in SPLIT_KEYS:
-            split_over[key] = _coerce(key, raw, SPLIT_KEYS[key]())
-        elif key in defaults:
-            method_over[key] = _coerce(key, raw, defaults[key])
-        else:
-            known = ", ".join(sorted(defaults) + sorted(SPLIT_KEYS))
-            raise UserError(f"--set {key}: unknown parameter for {', '.join(methods)}; known: {known}")
-    return method_over, split_over
-
-
-def read_params_file(path: str, methods: list[str]) -> dict[str, dict]:
-    """``{method: params}`` from a YAML file with keys ``method`` and ``params`` (a search's best)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"--params-from {path}: cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--params-from {path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or "method" not in data:
-        raise UserError(f"--params-from {path}: expected keys 'method' and 'params'")
-    method = data["method"]
-    if method not in methods:
-        raise UserError(f"--params-from {path}: parameters are for '{method}', which this sweep does not run "
-                        f"({', '.join(methods)})")
-    pairs = [f"{k}={v}" for k, v in data["params"].items()]
-    typed, _ = parse_overrides(pairs, [method])
-    return {method: typed}
-
-
-def check_cross(trial: dict, n_normal: int, data_root: str | None) -> None:
-    """Scenario-3 before any work: the labeled-anomaly dataset must hold enough training images."""
-    labeled = load_dataset(trial["cross"]["labeled"], data_root)
-    n_val = round(trial["val_fraction"] * n_normal)
-    need = round(trial["gamma_l"] / (1 - trial["gamma_l"]) * (n_normal - n_val)) + n_val
-    if need > len(labeled.train_labels):
-        raise SplitError(f"gamma_l={trial['gamma_l']} needs {need} images of {trial['cross']['labeled']} but it has "
-                         f"{len(labeled.train_labels)}: lower gamma_l or use a larger labeled dataset")
-
-
-def git_sha() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 @dataclasses.dataclass
 class Plan:
-    trials: list[dict]  # the whole grid
-    todo: list[dict]  # what still has to run
+    trials: list[Trial]  # the whole grid
+    todo: list[Trial]  # what still has to run
     done: int
     failed_before: int
     store: ResultStore
-    ctx: dict
+    ctx: Context
 
 
-def build_plan(args: argparse.Namespace) -> Plan:
-    """Validate everything and decide what to run. Raises UserError / DatasetError / SplitError."""
-    if args.scenario not in SCENARIOS:
-        raise UserError(f"unknown scenario '{args.scenario}'; choose from: {', '.join(SCENARIOS)}")
-    if args.profile not in PROFILES:
-        raise UserError(f"unknown profile '{args.profile}'; choose from: {', '.join(PROFILES)}")
-    scenario, profile = SCENARIOS[args.scenario], PROFILES[args.profile]
-    methods = args.methods.split(",") if args.methods else list(scenario.methods)
-    for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method '{m}'; known methods: {', '.join(METHODS)}")
+def check_resources(args: argparse.Namespace) -> None:
     if args.workers < 0 or args.cpus_per_trial <= 0 or (args.gpus_per_trial or 0) < 0:
         raise UserError("--workers must be >= 0, --cpus-per-trial > 0 and --gpus-per-trial >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
+
+
+def request_from(args: argparse.Namespace) -> Request:
+    """The command line as a planner request (--set and --params-from typed against the methods' Configs)."""
+    if args.scenario not in SCENARIOS:
+        raise UserError(f"unknown scenario '{args.scenario}'; choose from: {', '.join(SCENARIOS)}")
+    methods = args.methods or list(SCENARIOS[args.scenario].methods)
+    from methods.registry import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method '{unknown[0]}'; known methods: {', '.join(METHODS)}")
     method_over, split_over = parse_overrides(args.overrides, methods)
-    per_method = read_params_file(args.params_from, methods) if args.params_from else {}
+    return Request(scenario=args.scenario, profile=args.profile, methods=methods, dataset=args.dataset,
+                   seeds=args.seeds, normal_classes=args.normal_classes, anomaly_classes=args.anomaly_classes,
+                   gamma_p=args.gamma_p, gamma_l=args.gamma_l, overrides=method_over,
+                   method_overrides=read_params_file(args.params_from, methods) if args.params_from else {},
+                   labeled_dataset=args.labeled_dataset, test_datasets=args.test_datasets, **split_over)
 
-    # An ImageFolder path becomes absolute: trials run in other working directories.
-    dataset = canonical_name(args.dataset or profile.dataset, args.data_root)
-    check_dataset(dataset, args.data_root, download=args.download)
-    data = load_dataset(dataset, args.data_root, args.download)
-    listed = args.anomaly_classes if isinstance(args.anomaly_classes, list) else None  # not 'next'
-    for name, classes in (("--normal-classes", args.normal_classes), ("--anomaly-classes", listed)):
-        bad = [c for c in classes or [] if not 0 <= c < data.num_classes]
-        if bad:
-            raise UserError(f"{name} {bad}: {dataset} has classes 0..{data.num_classes - 1}")
 
-    cross = {}
-    if scenario.cross is not None:
-        cross = {"cross_labeled": canonical_name(args.labeled_dataset or scenario.cross.labeled, args.data_root),
-                 "cross_test": [canonical_name(n, args.data_root)
-                                for n in (args.test_datasets or scenario.cross.test)]}
-        for name in [cross["cross_labeled"], *cross["cross_test"]]:
-            check_dataset(name, args.data_root, download=args.download)
-    elif scenario.runner and args.test_datasets:  # extra test datasets for an experiment runner (twosample)
-        cross = {"cross_test": [canonical_name(n, args.data_root) for n in args.test_datasets]}
-        for name in cross["cross_test"]:
-            check_dataset(name, args.data_root, download=args.download)
-    elif args.labeled_dataset or args.test_datasets:
-        raise UserError(f"--labeled-dataset and --test-datasets are for scenario3 (and --test-datasets for "
-                        f"experiment scenarios such as twosample), not {args.scenario}")
-    try:
-        trials = expand(scenario, profile, methods=methods, seeds=args.seeds, num_classes=data.num_classes, **cross,
-                        dataset=dataset, normal_classes=args.normal_classes,
-                        anomaly_classes=args.anomaly_classes, overrides=method_over,
-                        gamma_p=args.gamma_p, gamma_l=args.gamma_l, method_overrides=per_method, **split_over)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad method parameters: {exc}") from None
-    if not trials:
-        raise UserError("the grid is empty: check --normal-classes and --anomaly-classes")
-
-    # Every grid point's split must be possible before anything runs.
-    from orchestrator.runner import split_for
-
-    labels = data.train_labels.numpy()
-    seen = set()
-    for t in trials:
-        if "cross" in t:  # Scenario-3: the other datasets must exist and hold enough images
-            check_cross(t, len(labels), args.data_root)
-            continue
-        point = (t["normal_class"], t["anomaly_class"], t["gamma_p"], t["gamma_l"], t["gamma_l_normal"],
-                 t["val_fraction"], t["seed"])
-        if point not in seen:
-            seen.add(point)
-            split_for(t, labels, data.num_classes)
-
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Validate everything and decide what to run. Raises UserError / DatasetError / SplitError."""
+    check_resources(args)
+    source = DataSource(root=os.path.abspath(args.data_root) if args.data_root else None, download=args.download)
+    trials, source = plan(request_from(args), source)
     store = ResultStore(args.storage)
     statuses = store.statuses()
-    todo = [t for t in trials if statuses.get(trial_key(t)) != "ok"]
-    try:
-        version = metadata.version("adsweep")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    ctx = {
-        "storage": store.location,
-        "scores_storage": None if args.no_scores else (args.scores_storage or scores_uri_for(store.location)),
-        "data_root": os.path.abspath(args.data_root) if args.data_root else None,
-        "download": args.download,
-        "sweep": args.sweep_name or f"{args.scenario}-{args.profile}",
-        "workers": args.workers,
-        "cpus_per_worker": args.cpus_per_trial,
-        "gpus_per_trial": args.gpus_per_trial,
-        "report_epochs": args.report_epochs,
-        "params_source": os.path.abspath(args.params_from) if args.params_from else None,
-        "package_version": version,
-        "git_sha": git_sha(),
-    }
-    failed_before = sum(statuses.get(trial_key(t)) == "failed" for t in trials)
+    todo = [t for t in trials if statuses.get(t.key) != "ok"]
+    ctx = Context(
+        storage=store.location,
+        scores_storage=None if args.no_scores else (args.scores_storage or scores_uri_for(store.location)),
+        data=source, sweep=args.sweep_name or f"{args.scenario}-{args.profile}",
+        workers=args.workers, cpus_per_worker=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial or 0.0,
+        report_epochs=args.report_epochs,
+        params_source=os.path.abspath(args.params_from) if args.params_from else None,
+        package_version=package_version(), git_sha=git_sha())
+    failed_before = sum(statuses.get(t.key) == "failed" for t in trials)
     return Plan(trials, todo, len(trials) - len(todo), failed_before, store, ctx)
 
 
@@ -346,14 +213,14 @@ def run(plan: Plan, args: argparse.Namespace) -> None:
             gpt = 1.0 / DEFAULT_TRIALS_PER_GPU.get(args.profile, 1) if gpus > 0 else 0.0
         if gpt > 0 and gpus == 0:
             raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU")
-        plan.ctx["gpus_per_trial"] = gpt
+        plan.ctx.gpus_per_trial = gpt
         if args.workers == 0:
             trial_resources = {"cpu": args.cpus_per_trial, "gpu": gpt}
             per_trial_cpus = args.cpus_per_trial
         else:
             # The trial itself only waits on its workers: a sliver of a CPU, so that N workers of
             # 0.99 CPU each fit on N cores (1 + 1 per trial deadlocks on 2 cores).
-            plan.ctx["cpus_per_worker"] = args.cpus_per_trial * 0.99
+            plan.ctx.cpus_per_worker = args.cpus_per_trial * 0.99
             trial_resources = {"cpu": 0.01}
             per_trial_cpus = args.workers * args.cpus_per_trial
         fit_cpu = max(1, int(cpus // per_trial_cpus))
@@ -365,10 +232,10 @@ def run(plan: Plan, args: argparse.Namespace) -> None:
 
         progress = Progress(len(plan.todo))
         tune_dir = tempfile.mkdtemp(prefix="adsweep-tune-")
-        plan.ctx["train_storage"] = tune_dir
+        plan.ctx.train_storage = tune_dir
         tuner = tune.Tuner(
             tune.with_resources(tune_trial, trial_resources),
-            param_space={"trial": tune.grid_search(plan.todo), "ctx": plan.ctx},
+            param_space={"trial": tune.grid_search([t.to_dict() for t in plan.todo]), "ctx": plan.ctx.to_dict()},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=concurrent,
                 reuse_actors=True,  # one process serves many trials: no start-up per trial
@@ -387,8 +254,8 @@ def run(plan: Plan, args: argparse.Namespace) -> None:
         # A trial that died with its process never wrote its row: record the failure here.
         statuses = plan.store.statuses()
         for result in grid:
-            trial = result.config["trial"] if result.config else None
-            if result.error is not None and trial and statuses.get(trial_key(trial)) is None:
+            trial = Trial.from_dict(result.config["trial"]) if result.config else None
+            if result.error is not None and trial and statuses.get(trial.key) is None:
                 from orchestrator.runner import base_row
 
                 plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
@@ -403,26 +270,25 @@ def main(argv=None) -> int:
     try:
         plan = build_plan(args)
     except (UserError, DatasetError, SplitError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     print(f"{args.scenario} ({args.profile}): {len(plan.trials)} trials in the grid, {plan.done} done, "
-          f"{len(plan.todo)} to run ({plan.failed_before} of them failed before); store: {plan.ctx['storage']}")
+          f"{len(plan.todo)} to run ({plan.failed_before} of them failed before); store: {plan.ctx.storage}")
     if args.dry_run:
         for t in plan.todo[:10]:
-            print(f"  would run {trial_key(t)}  {t['method']} normal={t['normal_class']} "
-                  f"known={t['anomaly_class']} gamma_p={t['gamma_p']} gamma_l={t['gamma_l']} seed={t['seed']}")
+            print(f"  would run {t.key}  {t.method} normal={t.normal_class} known={t.anomaly_class} "
+                  f"gamma_p={t.gamma_p} gamma_l={t.gamma_l} seed={t.seed}" + (f" {t.variant}" if t.variant else ""))
         if len(plan.todo) > 10:
             print(f"  ... and {len(plan.todo) - 10} more")
         return 0
     try:  # the first write: storage that cannot be written stops here, before any training
         write_manifest(plan.store, {
-            "sweep": plan.ctx["sweep"], "scenario": args.scenario, "profile": args.profile,
+            "sweep": plan.ctx.sweep, "scenario": args.scenario, "profile": args.profile,
             "command": " ".join(["python -m orchestrator.sweep", *(argv if argv is not None else sys.argv[1:])]),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "keys": [trial_key(t) for t in plan.trials],
+            "keys": [t.key for t in plan.trials],
         })
     except (OSError, ArrowException) as exc:
-        print(f"error: cannot write to storage {plan.ctx['storage']}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: cannot write to storage {plan.ctx.storage}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if plan.todo:
         start = time.monotonic()
@@ -432,15 +298,15 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"sweep finished in {_fmt(time.monotonic() - start)}")
-    keys = {trial_key(t) for t in plan.trials}
+    keys = {t.key for t in plan.trials}
     rows = plan.store.read().to_pandas()
     rows = rows[rows["trial_key"].isin(keys)]
     scenario = SCENARIOS[args.scenario]
     print_table(rows, expected=len(plan.trials), index=scenario.table_rows, column=scenario.table_columns,
                 metric=scenario.metric, order=row_order(scenario))
-    print(f"results: {plan.ctx['storage']}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
-    if plan.ctx["scores_storage"]:
-        print(f"per-sample test scores: {plan.ctx['scores_storage']}")
+    print(f"results: {plan.ctx.storage}  (pandas.read_parquet, pyarrow.dataset or DuckDB read_parquet)")
+    if plan.ctx.scores_storage:
+        print(f"per-sample test scores: {plan.ctx.scores_storage}")
     # Non-zero when the grid is not complete, so scripts notice failed trials.
     return 0 if rows.loc[rows["status"] == "ok", "trial_key"].nunique() == len(plan.trials) else 1
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from orchestrator.data.datasets import read_idx
-from orchestrator.runner import to_shape
+from orchestrator.data.datasets import read_idx, to_shape
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +72,9 @@ def test_scenario3_trains_once_and_writes_one_row_per_test_dataset(trees, tmp_pa
     assert "test_dataset=" in run.stdout
     rows = pd.read_parquet(store).sort_values("test_dataset")
     assert len(rows) == 2 and rows["trial_key"].nunique() == 1 and (rows["status"] == "ok").all()
-    assert [Path(p).name for p in rows["test_dataset"]] == ["birds", "mnist"]
+    # Rows and keys name the data, not the folder this machine keeps it in.
+    assert rows["test_dataset"].tolist() == ["imagefolder:birds", "imagefolder:mnist"]
+    assert rows["dataset"].unique().tolist() == ["imagefolder:planes_cars"] and str(trees) not in rows["config"].iloc[0]
     n_train = 300 - round(0.05 * 300)  # every normal training image but the validation part
     assert (rows["n_unlabeled"] == n_train).all() and (rows["n_labeled_anomaly"] == round(0.05 / 0.95 * n_train)).all()
     assert (rows["n_test"] == [100 + 60, 100 + 80]).all()

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-import orchestrator.runner as runner
+import orchestrator.data.datasets as datasets
 from orchestrator.data.datasets import load_dataset
+from orchestrator.grid.planner import expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.search import SpaceError, load_space, search_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,15 +62,14 @@ class TrainOnly:
 
 def test_a_search_trial_never_reads_the_test_split(monkeypatch):
     digits = load_dataset("digits")
-    monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: TrainOnly(digits))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: TrainOnly(digits))
     reports = []
     monkeypatch.setattr("ray.tune.report", lambda metrics: reports.append(metrics))
-    base = {"scenario": "scenario2", "profile": "quick", "dataset": "digits", "method": "hscl", "variant": None,
-            "gamma_p": 0.05, "gamma_l": 0.05, "gamma_l_normal": 0.0, "val_fraction": 0.05, "seed": 0}
-    from orchestrator.grid.scenarios import method_params
-
-    ctx = {"base": base, "pairs": [[0, 1], [3, 5]], "base_params": method_params("hscl", "quick", {"epochs": 4}),
-           "val_every": 2}
+    trials = [t for n, a in [(0, 1), (3, 5)] for t in expand(
+        SCENARIOS["scenario2"], PROFILES["quick"], methods=["hscl"], num_classes=10, normal_classes=[n],
+        anomaly_classes=[a], gamma_p=[0.05], overrides={"epochs": 4})]
+    ctx = {"trials": [t.to_dict() for t in trials], "pairs": [[0, 1], [3, 5]], "base_params": trials[0].params,
+           "data": {"root": None, "download": False, "folders": {}}, "val_every": 2}
     out = search_trainable({"lambda1": 0.5}, ctx)
     assert 0.5 < out["auroc_val"] <= 1 and len(out["per_pair"]) == 2
     # ASHA gets a validation AUROC every second epoch of each pair, at increasing steps.

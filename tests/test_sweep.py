@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.data.datasets import load_dataset
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand, trial_key
+from orchestrator.grid.planner import expand
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def sweep(*args, timeout=300, **popen):
 def expected_keys(normal, anomaly, overrides=None):
     trials = expand(SCENARIOS["scenario2"], PROFILES["quick"], num_classes=10, methods=["hscl"],
                     normal_classes=normal, anomaly_classes=anomaly, overrides=overrides)
-    return {trial_key(t) for t in trials}
+    return {t.key for t in trials}
 
 
 def result_files(store: Path) -> dict[str, float]:
@@ -121,6 +122,7 @@ def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
         (["scenario2", "--set", "tau_typo=1"], "unknown parameter"),
         (["scenario2", "--set", "epochs=many"], "expected a int"),
         (["scenario2", "--normal-classes", "12"], "classes 0..9"),
+        (["scenario2", "--labeled-dataset", "digits"], "not scenario2"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -129,6 +131,14 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
     assert not store.exists()
+
+
+@pytest.mark.parametrize("args", [["--seeds", "x"], ["--gamma-p", "a,b"], ["--max-concurrent", "two"], ["--nope"]])
+def test_a_malformed_flag_is_one_line_and_exit_2_not_a_usage_block(capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(["scenario2", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
 
 
 def test_dry_run_reports_the_grid_and_runs_nothing(tmp_path, capsys):

@@ -1,36 +1,15 @@
-"""Scenarios and profiles as plain data, and their expansion into trials (a pure function).
+"""Scenarios and profiles as plain data.
 
-A *scenario* is a paper's experimental grid (which classes, which ratios, which methods). A
-*profile* says at what scale to run it: ``quick`` (digits, small CNN, a laptop CPU in minutes)
-or ``paper`` (CIFAR-10, the papers' hyperparameters, a GPU cluster). A *trial* is one point of
-the grid for one method and one seed, written as a plain dict; its ``trial_key`` is a hash of
-that dict, so the same experiment always has the same key, whoever runs it and wherever.
-
->>> trials = expand(SCENARIOS["scenario2"], PROFILES["quick"], methods=["hscl"], seeds=[0],
-...                 num_classes=10, normal_classes=[0], anomaly_classes=[1, 2])
->>> len(trials), sorted({t["gamma_p"] for t in trials})
-(6, [0.0, 0.05, 0.1])
+A *scenario* is a paper's experimental grid: which kind of experiment (orchestrator/experiments), which
+methods, which classes and ratios, which named variants and extra axes, and its table layout. A *profile*
+says at what scale to run it: ``quick`` (digits, small CNN, a laptop CPU in minutes), ``small`` (CIFAR-10
+on a CPU) or ``paper`` (CIFAR-10, the papers' hyperparameters, a GPU cluster). orchestrator/grid/planner.py
+expands a scenario at a profile into trials.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import json
 from dataclasses import dataclass
-
-from methods.registry import get_method
-
-
-@dataclass(frozen=True)
-class CrossDatasets:
-    """Scenario-3 roles: all of the profile's dataset is normal, another dataset gives the labeled
-    anomalies, and each test dataset's test split is one set of test anomalies (one row each).
-    Names are registered datasets or ImageFolder paths; images are resized to the normal shape."""
-
-    labeled: str
-    test: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -52,10 +31,10 @@ class Scenario:
     table_rows: tuple[str, ...] = ("method",)
     table_columns: str = "gamma_p"
     metric: str = "auroc_pooled"
-    cross: CrossDatasets | None = None  # Scenario-3 (cross-dataset); None for one-class grids
-    # An experiment of its own instead of train-and-score-the-test-split: "module:function"
-    # (see orchestrator.runner.train_loop); its extra grid axes are plain data in `axes`.
-    runner: str | None = None
+    # The kind of experiment every trial runs (orchestrator/experiments: one_class, cross_dataset,
+    # two_sample, adversarial), the kind's settings this scenario fixes, and extra grid axes over settings.
+    kind: str = "one_class"
+    settings: dict | None = None
     axes: dict[str, tuple] | None = None
 
 
@@ -139,7 +118,8 @@ SCENARIOS = {
         methods=("hscl", "csi", "deepsad"),
         gamma_p=(0.0,),
         gamma_l=(0.05,),
-        cross=CrossDatasets(labeled="imagenet", test=("cifar100", "svhn", "lsun", "imagenet")),
+        kind="cross_dataset",
+        settings={"labeled": "imagenet", "test": ["cifar100", "svhn", "lsun", "imagenet"]},
         table_columns="test_dataset",
     ),
     # The MIL-convex paper (Sec. 4): unsupervised one-class, the unlabeled training set polluted from all
@@ -171,10 +151,11 @@ SCENARIOS = {
         table_rows=("variant",),
         table_columns="normal_class",
     ),
-    # CADet (paper 004): experiments of their own (orchestrator/cadet_experiments.py), one training per trial
-    # and many rows. normal_class c: the in-distribution is class c and the classes after it (digits 0-4 in
-    # quick, all of CIFAR-10 in paper); c = 0 unless --normal-classes asks for more. Axis `training`: CADet's
-    # contrastive pre-training or a supervised classifier's features (the paper's two kinds of rows).
+    # CADet (paper 004): experiments of their own (orchestrator/experiments/two_sample.py, adversarial.py), one
+    # training per trial and many rows. normal_class c: the in-distribution is class c and the classes after it
+    # (digits 0-4 in quick, all of CIFAR-10 in paper); c = 0 unless --normal-classes asks for more. Axis `training`:
+    # CADet's contrastive pre-training or a supervised classifier's features (the paper's two kinds of rows); the
+    # profile's settings (sample sizes, attack budgets, classifier) come from orchestrator/experiments/cadet_setup.py.
     "twosample": Scenario(
         name="twosample",
         description="CADet Tables 1-2: MMD and MMD-CC two-sample tests with the learned similarity, in-distribution "
@@ -184,7 +165,7 @@ SCENARIOS = {
         gamma_p=(0.0,),
         gamma_l=(0.0,),
         normal_classes=(0,),
-        runner="orchestrator.cadet_experiments:run_twosample",
+        kind="two_sample",
         axes={"training": ("contrastive", "supervised")},
         table_rows=("test_dataset", "variant"),
         table_columns="sample_size",
@@ -197,7 +178,7 @@ SCENARIOS = {
         gamma_p=(0.0,),
         gamma_l=(0.0,),
         normal_classes=(0,),
-        runner="orchestrator.cadet_experiments:run_adversarial",
+        kind="adversarial",
         axes={"training": ("contrastive", "supervised")},
         table_rows=("test_dataset",),
         table_columns="variant",
@@ -210,98 +191,3 @@ PROFILES = {
                      "per trial on one CPU core (docs/reproduction.md)"),
     "paper": Profile("paper", "cifar10", "CIFAR-10 and the papers' hyperparameters: for a GPU cluster"),
 }
-
-
-def trial_key(trial: dict) -> str:
-    """Stable hash of a trial's canonical JSON (sorted keys): same experiment, same key."""
-    return hashlib.sha256(json.dumps(trial, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def method_params(method: str, profile: str, overrides: dict | None = None) -> dict:
-    """The method's full config as plain data: paper defaults < profile overrides < user overrides."""
-    cls = get_method(method)
-    params = dataclasses.asdict(cls.Config())
-    params.update(cls.profiles.get(profile, {}))
-    for key, value in (overrides or {}).items():
-        if key in params:
-            params[key] = value
-    # Building the config validates the values the dataclass itself checks.
-    return dataclasses.asdict(cls.Config(**params))
-
-
-def expand(
-    scenario: Scenario,
-    profile: Profile,
-    *,
-    methods: list[str] | None = None,
-    seeds: list[int] = (0,),
-    num_classes: int,
-    dataset: str | None = None,
-    normal_classes: list[int] | None = None,
-    anomaly_classes: list[int] | str | None = None,
-    overrides: dict | None = None,
-    val_fraction: float = 0.05,
-    gamma_p: list[float] | None = None,
-    gamma_l: list[float] | None = None,
-    method_overrides: dict[str, dict] | None = None,
-    cross_labeled: str | None = None,
-    cross_test: list[str] | None = None,
-) -> list[dict]:
-    """Every trial of a scenario, in a stable order. Pure: no data is read, nothing is run.
-
-    ``gamma_p`` / ``gamma_l`` replace the scenario's own axes (e.g. to run one column of a table).
-    ``overrides`` apply to every method that has the key; ``method_overrides[m]`` to method m only
-    (e.g. a search's best parameters). ``anomaly_classes="next"`` gives each normal class one known
-    anomaly class, (normal + 1) mod num_classes: a slice with every normal class at a tenth of the cost.
-    """
-    methods = list(methods or scenario.methods)
-    normals = list(normal_classes if normal_classes is not None else scenario.normal_classes or range(num_classes))
-    next_class = anomaly_classes == "next"
-    anomalies = anomaly_classes if anomaly_classes is not None and not next_class else scenario.anomaly_classes
-    anomalies = list(anomalies if anomalies is not None else range(num_classes))
-    params = {m: method_params(m, profile.name, {**(overrides or {}), **(method_overrides or {}).get(m, {})})
-              for m in methods}
-    for name, values in (scenario.variants or {}).items():
-        for m in methods:
-            unknown = set(values) - set(params[m])
-            if unknown:
-                raise ValueError(f"variant '{name}' sets {sorted(unknown)}, which method {m} does not have")
-
-    trials = []
-    variants = scenario.variants or {None: {}}
-    if scenario.cross is not None:  # no class grid: every normal image is used, classes play no part
-        normals, anomalies = [None], [None]
-    axes = scenario.axes or {}
-    axis_values = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-    grid = itertools.product(methods, variants, seeds, normals, gamma_l or scenario.gamma_l,
-                             scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p, axis_values)
-    for method, variant, seed, normal, g_l, g_ln, g_p, axis in grid:
-        g_ln = g_l if g_ln is None else g_ln
-        # With no labeled anomalies the known class plays no part: one trial, anomaly_class None.
-        known = [a for a in anomalies if a != normal] if g_l > 0 and normal is not None else [None]
-        if next_class and known != [None]:
-            known = [(normal + 1) % num_classes]
-        for anomaly in known:
-            trials.append(
-                {
-                    "scenario": scenario.name,
-                    "profile": profile.name,
-                    "dataset": dataset or profile.dataset,
-                    "method": method,
-                    "variant": variant,
-                    "normal_class": None if normal is None else int(normal),
-                    "anomaly_class": None if anomaly is None else int(anomaly),
-                    "gamma_p": float(g_p),
-                    "gamma_l": float(g_l),
-                    "gamma_l_normal": float(g_ln),
-                    "val_fraction": float(val_fraction),
-                    "seed": int(seed),
-                    "params": {**params[method], **variants[variant]},
-                    **({"runner": scenario.runner} if scenario.runner else {}),
-                    **({"test_datasets": list(cross_test)} if scenario.runner and cross_test else {}),
-                    **({"axes": axis} if axis else {}),
-                    **({"cross": {"labeled": cross_labeled or scenario.cross.labeled,
-                                  "test": list(cross_test or scenario.cross.test)}} if scenario.cross else {}),
-                }
-            )
-    return trials
