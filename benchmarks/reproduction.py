@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             if rc != 0:
                 return rc
     sys.path.insert(0, str(ROOT))
-    from orchestrator.reproduction import write_report
+    from orchestrator.report.reproduction import write_report
 
     path = write_report(store, args.out, profile=args.profile)
     print(f"wrote {path}")

@@ -40,6 +40,7 @@ SCHEMA = pa.schema(
         ("trial_key", pa.string()),
         ("sweep", pa.string()),
         ("kind", pa.string()),  # "sweep": a grid point with test AUROCs; "search": a search trial (validation only)
+        ("experiment", pa.string()),  # the trial's kind of experiment: one_class, cross_dataset, two_sample, ...
         ("params_source", pa.string()),  # where non-default params came from, e.g. a search's best-params YAML
         ("profile", pa.string()),
         ("scenario", pa.string()),
@@ -248,3 +249,35 @@ def read_manifests(store: PartitionedStore) -> list[dict]:
             with store.fs.open_input_stream(info.path) as f:
                 manifests.append(json.loads(f.read()))
     return sorted(manifests, key=lambda m: m.get("created_at", ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the stores with SQL (duckdb is imported here, not at the top: trial workers only write)
+
+
+def connect(storage: str, scores: str | None = None):
+    """A DuckDB connection with views `results` (and `scores` when present) over the stores.
+
+    The stores are handed to DuckDB as Arrow datasets, so the same code reads a local folder,
+    S3 or GCS (DuckDB itself needs no httpfs extension), with hive partitions as columns.
+    """
+    import duckdb
+
+    con = duckdb.connect()
+    result_store = ResultStore(storage)
+    con.register("results", result_store._dataset() or result_store.read())
+    score_store = ScoreStore(scores or scores_uri_for(result_store.location))
+    con.register("scores", score_store._dataset() or score_store.read())
+    return con
+
+
+GRID_ROWS = "(kind IS NULL OR kind <> 'search')"  # search trials have no test AUROCs
+
+
+def load_rows(storage: str, where: str | None = None, include_search: bool = False):
+    """The result rows (a pandas DataFrame) matching the SQL filter ``where``; grid trials only unless
+    ``include_search``."""
+    con = connect(storage)
+    clauses = [c for c in (where, None if include_search else GRID_ROWS) if c]
+    query = "SELECT * FROM results" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+    return con.sql(query).df()

@@ -1,19 +1,21 @@
-"""Image datasets as whole uint8 tensors: one registry, one loader call, cached per process and on disk.
+"""Image datasets as whole uint8 tensors: names, one loader call, caches per process and on disk.
 
-Every dataset comes back as an ``ImageData``: train and test images as uint8 ``(N, C, H, W)`` CPU
-tensors with int64 labels and the class names. Methods convert to float themselves; the runner
-indexes the training tensor with the split's indices.
+Every dataset comes back as an ``ImageData`` (orchestrator/data/formats.py): train and test images as
+uint8 ``(N, C, H, W)`` CPU tensors with int64 labels and the class names. Methods convert to float
+themselves; an experiment indexes the training tensor with the split's indices.
 
 Names ``load_dataset`` accepts:
 
-- ``digits``: scikit-learn's 1,797 8x8 digits, offline. It has no official split, so a fixed
-  stratified 2/3 : 1/3 split is part of the dataset here (seed ``_DIGITS_SPLIT_SEED``, never changed).
+- ``digits``: scikit-learn's 1,797 8x8 digits, offline, with a fixed stratified 2/3 : 1/3 split.
 - ``cifar10``, ``cifar100`` (its 20 coarse super-classes), ``mnist``, ``svhn``: the official files
   under ``data_root`` (default ``$ADSWEEP_CACHE/data``, i.e. ``~/.cache/adsweep/data``), in the layout
-  torchvision's ``download=True`` leaves there. torchvision only downloads; the files are read here
-  (torchvision's CIFAR-100 has no coarse labels, and its MNIST cannot read a folder of ``.gz`` files).
-- ``imagefolder:/path/to/tree`` or a plain existing directory: ``train/<class>/*.jpg|png`` and
-  ``test/<class>/*``, class index = position in the sorted folder names.
+  torchvision's ``download=True`` leaves there.
+- ``imagefolder:/path/to/tree``, a plain existing directory, or a folder under ``data_root``:
+  ``train/<class>/*.jpg|png`` and ``test/<class>/*``, class index = position in the sorted folder names.
+
+A trial stores a dataset's name, never the folder one machine keeps it in: an ImageFolder tree is
+``imagefolder:<folder name>``, and the run's ``DataSource`` maps that name to the folder (or finds it
+under ``data_root`` on another machine).
 
 Cost (2 CPU cores, all 60,000 CIFAR-10 JPEGs as an ImageFolder tree, n=3): decoding takes 2.2-2.4 s,
 the whole first load 2.8-3.6 s (plus 1.7 s to import torchvision.io); a later process loads the disk
@@ -85,11 +87,6 @@ def _resolve(name: str, data_root: str | os.PathLike | None) -> tuple[str, Loade
                            f"train/<class>/ and test/<class>/")
     raise DatasetError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}, or "
                        f"imagefolder:/path/to/tree (a folder with train/<class>/ and test/<class>/)")
-
-
-def canonical_name(name: str, data_root: str | os.PathLike | None = None) -> str:
-    """The name with any ImageFolder path made absolute: safe to hand to a process in another directory."""
-    return _resolve(name, data_root)[0]
 
 
 def dataset_ref(name: str, data_root: str | os.PathLike | None = None) -> tuple[str, str | None]:

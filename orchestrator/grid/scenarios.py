@@ -3,7 +3,7 @@
 A *scenario* is a paper's experimental grid: which kind of experiment (orchestrator/experiments), which
 methods, which classes and ratios, which named variants and extra axes, and its table layout. A *profile*
 says at what scale to run it: ``quick`` (digits, small CNN, a laptop CPU in minutes), ``small`` (CIFAR-10
-on a CPU) or ``paper`` (CIFAR-10, the papers' hyperparameters, a GPU cluster). orchestrator/grid/planner.py
+on a CPU) or ``paper`` (CIFAR-10, the papers' hyperparameters, a GPU cluster). orchestrator/planner.py
 expands a scenario at a profile into trials.
 """
 

@@ -1,4 +1,4 @@
-"""The end-of-sweep table, in the layout of the scenario's paper table (HSCL Table 2 for scenario2).
+"""Tables of results in the layout of the scenario's paper table (HSCL Table 2 for scenario2).
 
 A cell is the mean of the metric (in %) over the ``ok`` trials that fall in it (grid points and
 seeds), with the number of trials in brackets; with several seeds the std over seeds follows the
@@ -7,9 +7,46 @@ mean. Failed and missing trials are counted under the table, never averaged in.
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pandas as pd
+import yaml
 from rich.console import Console
 from rich.table import Table
+
+from orchestrator.grid.scenarios import SCENARIOS
+from orchestrator.report.stats import compare
+from orchestrator.store import ResultStore, read_manifests
+
+console = Console()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells and labels
+
+
+def cell_text(mean: float, std: float | None, n: int) -> str:
+    """One cell, the same in every table: "76.5 ± 1.2 [10]" (mean %, std over seeds, trials).
+
+    >>> cell_text(76.54, float("nan"), 10), cell_text(76.54, 1.23, 20)
+    ('76.5 [10]', '76.5 ± 1.2 [20]')
+    """
+    spread = f" ± {std:.1f}" if std is not None and pd.notna(std) else ""
+    return f"{mean:.1f}{spread} [{int(n)}]"
+
+
+def percent(x: float | None) -> str:
+    """A mean in % to one decimal, or a dash where there is none."""
+    return "–" if x is None or pd.isna(x) else f"{x:.1f}"
+
+
+def gamma_label(g: float) -> str:
+    """A ratio as the papers write it: 0, 0.05, 0.1."""
+    return f"{g:.2f}".rstrip("0").rstrip(".") if g else "0"
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's layout
 
 
 def row_order(scenario) -> dict[str, list]:
@@ -48,7 +85,7 @@ def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric=
 
 def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method",), column="gamma_p",
                 metric="auroc_pooled", order: dict[str, list] | None = None) -> None:
-    console = Console()
+    """The end-of-sweep table on the terminal, then the trials that failed or are missing."""
     cells = paper_table(rows, index, column, metric, order)
     columns = sorted(cells[column].dropna().unique()) if len(cells) else []
     table = Table(title=f"{metric} (%), mean over grid points [n trials]")
@@ -63,14 +100,8 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
     for key, group in cells.groupby(list(index), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         by_col = group.set_index(column)
-        texts = []
-        for value in columns:
-            if value in by_col.index:
-                cell = by_col.loc[value]
-                std = f" ± {cell['std']:.1f}" if pd.notna(cell["std"]) else ""
-                texts.append(f"{cell['mean']:.1f}{std} [{int(cell['n'])}]")
-            else:
-                texts.append("-")
+        texts = [cell_text(*by_col.loc[value, ["mean", "std", "n"]]) if value in by_col.index else "-"
+                 for value in columns]
         if column == "normal_class" and len(columns) > 1:
             texts.append(f"{by_col['mean'].mean():.1f}")
         table.add_row(*[str(k) for k in key], *texts)
@@ -84,3 +115,123 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
     for _, r in trials[trials["status"] != "ok"].head(5).iterrows():
         first_line = str(r["error"]).splitlines()[0] if r["error"] else ""
         console.print(f"  failed {r['trial_key']} normal={r['normal_class']}: {first_line[:200]}")
+
+
+def published(scenario: str, dataset: str | None = None) -> pd.DataFrame:
+    """The papers' published numbers for a scenario (orchestrator/data/published.yaml), as long
+    records: one per cell, with the row keys, the column value, `published`, `source`, `paper_dataset`."""
+    text = resources.files("orchestrator.data").joinpath("published.yaml").read_text()
+    records = []
+    for entry in yaml.safe_load(text):
+        if entry["scenario"] != scenario or (dataset and entry["dataset"] != dataset):
+            continue
+        for row in entry["rows"]:
+            for col, value in zip(entry["columns"], row["values"], strict=True):
+                if value is not None:
+                    records.append({**row["key"], entry["column"]: col, "published": value,
+                                    "source": entry["table"], "paper_dataset": entry["dataset"]})
+    return pd.DataFrame(records)
+
+
+def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None,
+               with_published: bool = False, dataset: str | None = None, versus: str | None = None) -> pd.DataFrame:
+    """The scenario's paper layout: one line per row key, one column per column value (`cell_text`).
+
+    ``versus=M`` (tables with one row per method and gamma columns) marks every other method's
+    cell by a paired Wilcoxon test against M on the same grid points: "*" where p < 0.05,
+    "(n.s.)" where the difference is not significant.
+    """
+    scenario = SCENARIOS[scenario_name]
+    index, column, metric = list(scenario.table_rows), scenario.table_columns, metric or scenario.metric
+    cells = paper_table(rows, index, column, metric, row_order(scenario))
+    if cells.empty:
+        return pd.DataFrame()
+    cells["text"] = [cell_text(*r) for r in cells[["mean", "std", "n"]].itertuples(index=False)]
+    if versus and index == ["method"] and column in ("gamma_p", "gamma_l"):
+        for method in cells["method"].unique():
+            if method == versus:
+                continue
+            tested = compare(rows, method, versus, metric).set_index(column)["wilcoxon_p"]
+            mark = {g: ("*" if p < 0.05 else "(n.s.)") for g, p in tested.items() if pd.notna(p)}
+            sel = cells["method"] == method
+            cells.loc[sel, "text"] = [f"{t} {mark.get(g, '')}".rstrip()
+                                      for t, g in zip(cells.loc[sel, "text"], cells.loc[sel, column], strict=True)]
+    wide = cells.pivot_table(index=index, columns=column, values="text", aggfunc="first", sort=False)
+    if column == "normal_class":
+        wide["mean"] = cells.groupby(index)["mean"].mean().round(1).astype(str)
+    if with_published:
+        _add_published(wide, cells, scenario_name, dataset, index, column)
+    wide.columns = [f"{column}={c}" if not str(c).startswith(("paper", "mean")) else str(c) for c in wide.columns]
+    return wide.reset_index()
+
+
+def _add_published(wide: pd.DataFrame, cells: pd.DataFrame, scenario_name: str, dataset: str | None,
+                   index: list[str], column: str) -> None:
+    """Columns "paper DATASET VALUE" on `wide`: the paper's number and our difference to it."""
+    pub = published(scenario_name, dataset)
+    if pub.empty:  # no published numbers for this dataset: show the paper's own (labelled)
+        pub = published(scenario_name)
+    if pub.empty:
+        return
+    pub = pub[pub["paper_dataset"] == pub["paper_dataset"].iloc[0]]
+    if column == "normal_class":  # compare the mean over normal classes
+        pub = pub[pub[column].astype(str) == "mean"]
+        ours = cells.groupby(index)["mean"].mean().reset_index().assign(**{column: "mean"})
+    else:
+        ours = cells.copy()
+    ours[column], pub[column] = ours[column].astype(str), pub[column].astype(str)
+    joined = ours.merge(pub, on=[c for c in index if c in pub.columns] + [column], how="inner")
+    label = f"paper {pub['paper_dataset'].iloc[0]}"
+    for _, r in joined.iterrows():
+        key = tuple(r[c] for c in index) if len(index) > 1 else r[index[0]]
+        wide.loc[key, f"{label} {r[column]}"] = f"{r['published']:.1f} ({r['mean'] - r['published']:+.1f})"
+
+
+def render(frame: pd.DataFrame, fmt: str, title: str = "") -> str | None:
+    """The frame as markdown, CSV or LaTeX text; for "term" printed as a rich table (returns None)."""
+    if fmt == "md":
+        return frame.to_markdown(index=False)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "latex":
+        return frame.to_latex(index=False)
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for _, r in frame.iterrows():
+        table.add_row(*["" if pd.isna(v) else str(v) for v in r])
+    console.print(table)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# What the store holds
+
+
+def summary(storage: str) -> pd.DataFrame:
+    """One line per sweep command (manifest): trials asked, ok, failed, missing."""
+    store = ResultStore(storage)
+    statuses = store.statuses()
+    lines = []
+    for m in read_manifests(store):
+        got = [statuses.get(k) for k in m["keys"]]
+        lines.append({"sweep": m["sweep"], "scenario": m["scenario"], "profile": m["profile"],
+                      "trials": len(got), "ok": got.count("ok"), "failed": got.count("failed"),
+                      "missing": got.count(None), "started": m.get("created_at", "")})
+    return pd.DataFrame(lines)
+
+
+def print_summary(storage: str) -> pd.DataFrame:
+    """Trials per profile, scenario and method, then the sweep commands against their grids."""
+    rows = ResultStore(storage).read(["scenario", "profile", "method", "status"]).to_pandas()
+    by_method = rows.groupby(["profile", "scenario", "method", "status"], observed=True).size().unstack(fill_value=0)
+    table = Table(title=f"trials in {storage}")
+    for col in ("profile", "scenario", "method", "ok", "failed"):
+        table.add_column(col, justify="right" if col in ("ok", "failed") else "left")
+    for (profile, scenario, method), counts in by_method.iterrows():
+        table.add_row(profile, scenario, method, str(counts.get("ok", 0)), str(counts.get("failed", 0)))
+    console.print(table)
+    sweeps = summary(storage)
+    if len(sweeps):
+        render(sweeps, "term", "sweep commands against their grids")
+    return sweeps

@@ -1,4 +1,4 @@
-"""From what a user asked for to the trials to run: the one planner sweep and search both use.
+"""From what a user asked for to the trials to run: the one planner that sweep and search both use.
 
 `plan(request)` validates every input before any work (scenario, profile, methods, dataset, classes, the
 kind's datasets, whether the data can supply every grid point) and returns the trials; `expand` is the

@@ -1,0 +1,188 @@
+"""The papers' claims that the reproduction report checks, and the checks themselves.
+
+The claims are data (orchestrator/data/claims.yaml): which scenario, which methods or variants, which
+test, which thresholds, and the claim's words. A check here is generic: it gets one claim and the ok
+rows of the claim's scenario, and returns (claim, what we measured, verdict), or None where the rows
+cannot test the claim (a method missing, a single value of the axis). No check names a method or a
+scenario; the verdict words are the same for every claim a check tests.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from orchestrator.grid.scenarios import SCENARIOS
+from orchestrator.report.stats import cell_means, compare, wilcoxon_p
+from orchestrator.report.tables import gamma_label, published
+
+AXIS_SYMBOL = {"gamma_p": "γp", "gamma_l": "γl"}  # as the papers write the grid's ratio axes
+HOLDS, FAILS = "holds", "does not hold"
+NOT_SIGNIFICANT = "holds, not significant at this size"  # the right sign, but p >= alpha
+
+Finding = tuple[str, str, str]  # (the claim, what we measured, the verdict)
+
+
+def read_spec() -> dict:
+    """claims.yaml: the report's sections (`report`), the claims (`claims`), method names (`names`)."""
+    return yaml.safe_load(resources.files("orchestrator.data").joinpath("claims.yaml").read_text())
+
+
+def fill_in(text: str, ok: pd.DataFrame, **values) -> str:
+    """`text` with the slice's facts filled in: {normal_classes} (how many), {gamma_p} and {gamma_l}
+    (their first value in the rows), and any `values`."""
+    facts = {axis: gamma_label(ok[axis].iloc[0]) for axis in AXIS_SYMBOL if axis in ok and len(ok)}
+    if "normal_class" in ok:
+        facts["normal_classes"] = ok["normal_class"].nunique()
+    return text.format(**facts, **values)
+
+
+def check(claim: dict, ok: pd.DataFrame, names: dict[str, str] | None = None) -> Finding | None:
+    """Test one claim on the ok rows of its scenario with the check its `test` names."""
+    if ok.empty:
+        return None
+    return CHECKS[claim["test"]](claim, ok, names or {})
+
+
+def _at(axis: str, value: float) -> str:
+    return f"{AXIS_SYMBOL.get(axis, axis)}={gamma_label(value)}"
+
+
+def _metric(claim: dict) -> str:
+    return SCENARIOS[claim["scenario"]].metric
+
+
+def _claim_text(claim: dict, ok: pd.DataFrame, paper: pd.Series | None = None) -> str:
+    """The claim's words with its thresholds, the slice's facts and the paper's numbers filled in."""
+    quoted = {}
+    if paper is not None:
+        quoted["published"] = ", ".join(f"{k} {v:.1f}" for k, v in paper.items())
+        quoted["published_order"] = " < ".join(f"{k} ({v:.1f})" for k, v in paper.sort_values().items())
+    thresholds = {k: v for k, v in claim.items() if k in ("margin", "alpha")}
+    return fill_in(claim["text"], ok, **thresholds, **quoted)
+
+
+def _paper_numbers(claim: dict, ok: pd.DataFrame, key: str) -> pd.Series:
+    """The paper's numbers a claim quotes, by row key (method or variant): the published table that
+    `claim.published` names, at its fixed column values and at the slice's fixed settings (its one γp)."""
+    where = dict(claim["published"])
+    pub = published(claim["scenario"], where.pop("dataset"))
+    if pub.empty:
+        return pd.Series(dtype=float)
+    for col, value in where.items():
+        pub = pub[pub[col].astype(str) == str(value)]
+    for col in pub.columns.intersection(ok.columns).difference([key, *where]):
+        values = ok[col].dropna().unique()
+        if len(values) != 1:
+            continue
+        if pd.api.types.is_numeric_dtype(ok[col]):
+            pub = pub[np.isclose(pd.to_numeric(pub[col], errors="coerce"), float(values[0]))]
+        else:
+            pub = pub[pub[col] == values[0]]
+    return pub.set_index(key)["published"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks
+
+
+def margin_over_best(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """Each of `methods` at least `margin` points above the best of `baseline`, at every value of `axis`."""
+    axis, margin = claim["axis"], claim["margin"]
+    methods = [m for m in claim["methods"] if m in set(ok["method"])]
+    baseline = [m for m in claim["baseline"] if m in set(ok["method"])]
+    if not methods or not baseline:
+        return None
+    parts, margins = [], []
+    for value, group in cell_means(ok, ["method", axis], _metric(claim)).groupby(axis):
+        means = group.set_index("method")["mean"]
+        best = means[[m for m in baseline if m in means.index]].idxmax()
+        for m in methods:
+            if m in means.index:
+                margins.append(means[m] - means[best])
+                parts.append(f"{_at(axis, value)}: {m} {means[m]:.1f} vs {best} {means[best]:.1f} "
+                             f"({means[m] - means[best]:+.1f})")
+    verdict = (HOLDS if min(margins) >= margin else
+               "holds only in part" if max(margins) >= margin else
+               "above, but not far above" if min(margins) > 0 else FAILS)
+    return _claim_text(claim, ok), "; ".join(parts), verdict
+
+
+def smaller_drop(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """A's drop from the first to the last value of `axis` smaller than B's; Wilcoxon over the per-class
+    differences of the two drops."""
+    (a, b), axis, metric = claim["methods"], claim["axis"], _metric(claim)
+    values = sorted(ok[axis].unique())
+    if len(values) < 2 or not {a, b} <= set(ok["method"]):
+        return None
+    lo, hi = values[0], values[-1]
+    means = cell_means(ok, ["method", axis], metric).set_index(["method", axis])["mean"]
+    drop = {m: means[(m, lo)] - means[(m, hi)] for m in (a, b)}
+    per_class = ok[ok[axis].isin([lo, hi])].pivot_table(index="normal_class", columns=["method", axis], values=metric)
+    d = 100 * ((per_class[(b, lo)] - per_class[(b, hi)]) - (per_class[(a, lo)] - per_class[(a, hi)]))
+    d = d.dropna()
+    p = wilcoxon_p(d)
+    name_a, name_b = names.get(a, a), names.get(b, b)
+    measured = (f"from {_at(axis, lo)} to {gamma_label(hi)}: {name_a} drops {drop[a]:.1f} points, {name_b} "
+                f"{drop[b]:.1f}; {name_a} drops less on {int((d > 0).sum())} of {len(d)} normal classes "
+                f"(Wilcoxon p = {p:.2g} on the per-class differences)")
+    verdict = FAILS if drop[a] >= drop[b] else HOLDS if p < claim["alpha"] else NOT_SIGNIFICANT
+    return _claim_text(claim, ok), measured, verdict
+
+
+def paired_above(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """A above B on the grid points both finished (`compare`), significantly at every value of `axis`."""
+    (a, b), axis = claim["methods"], claim["axis"]
+    if not {a, b} <= set(ok["method"]):
+        return None
+    tested = compare(ok, a, b, _metric(claim))
+    if tested.empty:
+        return None
+    parts = [f"{_at(axis, r[axis])}: {r['mean_diff']:+.1f} points, {names.get(a, a)} wins {r[f'{a}_wins']} of "
+             f"{r['n']} (Wilcoxon p = {r['wilcoxon_p']:.2g})" for r in tested.to_dict("records")]
+    above = (tested["mean_diff"] > 0).all()
+    significant = (tested["wilcoxon_p"] < claim["alpha"]).all()
+    verdict = HOLDS if above and significant else NOT_SIGNIFICANT if above else FAILS
+    return _claim_text(claim, ok), "; ".join(parts), verdict
+
+
+def above_all(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """A's mean over the slice above the mean of each of `baseline`."""
+    method, axis = claim["methods"][0], claim["axis"]
+    means = ok.groupby("method")[_metric(claim)].mean() * 100
+    others = [m for m in claim["baseline"] if m in means.index]
+    if method not in means.index or not others:
+        return None
+    measured = (", ".join(f"{m} {means[m]:.1f}" for m in [method, *others]) +
+                f" (mean over {ok['normal_class'].nunique()} normal classes at "
+                f"{AXIS_SYMBOL.get(axis, axis)} = {gamma_label(ok[axis].iloc[0])})")
+    above = [m for m in others if means[method] > means[m]]
+    verdict = (HOLDS if len(above) == len(others) else f"holds against {', '.join(above)} only" if above
+               else FAILS)
+    return _claim_text(claim, ok, _paper_numbers(claim, ok, "method")), measured, verdict
+
+
+def rank_order(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """Our means of the `key` rows (variants) in the paper's order; Kendall's tau between the two."""
+    from scipy.stats import kendalltau
+
+    key = claim["key"]
+    paper = _paper_numbers(claim, ok, key)
+    ours = ok.groupby(key)[_metric(claim)].mean() * 100
+    if paper.empty or ours.empty:
+        return None
+    paper_order, our_order = list(paper.sort_values().index), list(ours.sort_values().index)
+    common = [v for v in paper_order if v in ours.index]
+    tau = kendalltau([paper[v] for v in common], [ours[v] for v in common]).statistic if len(common) > 1 else np.nan
+    measured = (f"ours, lowest to highest: {' < '.join(f'{v} {ours[v]:.1f}' for v in our_order)}; "
+                f"Kendall's tau against the paper's order {tau:.2f} (over {ok['normal_class'].nunique()} "
+                f"normal classes)")
+    verdict = (HOLDS if our_order == paper_order else f"holds in part: '{paper_order[-1]}' is best"
+               if our_order[-1] == paper_order[-1] else FAILS)
+    return _claim_text(claim, ok, paper), measured, verdict
+
+
+CHECKS = {fn.__name__: fn for fn in (margin_over_best, smaller_drop, paired_above, above_all, rank_order)}
