@@ -22,7 +22,7 @@ import torch
 
 from orchestrator.data.datasets import DataSource
 from orchestrator.experiments import one_class
-from orchestrator.grid.planner import expand
+from orchestrator.planner import expand
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -43,7 +43,7 @@ from orchestrator.cli import (
 )
 from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.data.splits import SplitError
-from orchestrator.grid.planner import Request, plan
+from orchestrator.planner import Request, plan
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.grid.trial import Trial
 from orchestrator.report.tables import print_table, row_order

@@ -22,8 +22,10 @@ import torch
 from methods.base import TrainSet
 from methods.registry import METHODS, get_method
 from orchestrator.data import datasets as D
-from orchestrator.reproduction import relation_deepsad, relation_drop, wall_minutes
-from orchestrator.grid.scenarios import PROFILES, method_params
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.planner import method_params
+from orchestrator.report.claims import CHECKS, check, read_spec
+from orchestrator.report.reproduction import LAYOUTS, build_report, shown_path, wall_minutes
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +89,7 @@ def test_small_profile_trains_one_step_on_cifar(name, cifar):
     kind[:3] = TrainSet.ANOMALY  # a few labeled anomalies for the methods that use them
     train = TrainSet(images=cifar.train_images[:n], kind=kind)
     method = cls(cls.Config(**params), torch.device("cpu"), seed=0)
-    assert method.amp and method.channels_last  # bf16 autocast and channels_last on the CPU
+    assert method.precision.amp and method.precision.channels_last  # bf16 autocast and channels_last on the CPU
     summary = method.fit(train)
     assert summary["steps"] == 1 and math.isfinite(summary["final_loss"])
     scores = method.score(cifar.test_images[:50])
@@ -115,30 +117,78 @@ def test_small_profile_sweep_trial_on_cifar_tree(cifar_tree, tmp_path):
 # ---- the report --------------------------------------------------------------------------------------
 
 
-def _cells(hscl_drop: float, csi_drop: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _drops(hscl_drop: float, csi_drop: float) -> pd.DataFrame:
+    """Six normal classes, two methods, AUROC at gamma_p 0 and .1 falling by each method's drop."""
     rows = []
     for c in range(6):
         wobble = 0.01 * (c % 3)
         for m, drop in (("hscl", hscl_drop), ("csi", csi_drop)):
             rows += [{"method": m, "normal_class": c, "gamma_p": 0.0, "auroc_pooled": 0.9 - wobble},
                      {"method": m, "normal_class": c, "gamma_p": 0.1, "auroc_pooled": 0.9 - wobble - drop - 0.001 * c}]
-    ok = pd.DataFrame(rows)
-    cells = ok.groupby(["method", "gamma_p"])["auroc_pooled"].agg(mean=lambda s: 100 * s.mean()).reset_index()
-    return ok, cells
+    return pd.DataFrame(rows)
 
 
-def test_relation_verdicts_follow_the_numbers():
-    ok, cells = _cells(hscl_drop=0.02, csi_drop=0.10)
-    assert relation_drop(ok, cells)[2] == "holds"
-    ok, cells = _cells(hscl_drop=0.10, csi_drop=0.02)
-    assert relation_drop(ok, cells)[2] == "does not hold"
+# The checks are generic: these claims are written here, not taken from claims.yaml.
+SMALLER_DROP = {"scenario": "scenario2", "test": "smaller_drop", "methods": ["hscl", "csi"], "axis": "gamma_p",
+                "alpha": 0.05, "text": "A drops less than B."}
+PAIRED_ABOVE = {"scenario": "scenario2", "test": "paired_above", "methods": ["deepsad", "deepsvdd"],
+                "axis": "gamma_p", "alpha": 0.05, "text": "A above B."}
+MARGIN = {"scenario": "scenario2", "test": "margin_over_best", "methods": ["hscl"], "baseline": ["ocsvm", "kde"],
+          "axis": "gamma_p", "margin": 5.0, "text": "A at least {margin:.0f} points above the best of B."}
+
+
+def test_claim_verdicts_follow_the_numbers():
+    assert check(SMALLER_DROP, _drops(hscl_drop=0.02, csi_drop=0.10))[2] == "holds"
+    assert check(SMALLER_DROP, _drops(hscl_drop=0.10, csi_drop=0.02))[2] == "does not hold"
     point = {"profile": "small", "dataset": "d", "anomaly_class": 1, "gamma_l": 0.05, "gamma_l_normal": 0.05,
              "seed": 0, "status": "ok", "gamma_p": 0.0}
     rows = pd.DataFrame([{**point, "method": m, "normal_class": c, "auroc_pooled": base + 0.01 * c}
                          for c in range(8) for m, base in (("deepsad", 0.8), ("deepsvdd", 0.7))])
-    assert relation_deepsad(rows)[2] == "holds"
+    claim, measured, verdict = check(PAIRED_ABOVE, rows, {"deepsad": "Deep SAD"})
+    assert verdict == "holds" and "Deep SAD wins 8 of 8" in measured
     rows["method"] = rows["method"].map({"deepsad": "deepsvdd", "deepsvdd": "deepsad"})
-    assert relation_deepsad(rows)[2] == "does not hold"
+    assert check(PAIRED_ABOVE, rows)[2] == "does not hold"
+    assert check({**PAIRED_ABOVE, "methods": ["deepsad", "csi"]}, rows) is None  # csi not in the rows
+
+
+@pytest.mark.parametrize(("ours", "verdict"), [(0.80, "holds"), (0.76, "holds only in part"),
+                                               (0.745, "above, but not far above"), (0.60, "does not hold")])
+def test_margin_over_best_grades_the_margin(ours, verdict):
+    """The best baseline is ocsvm at 70; hscl loses 4 points at gamma_p = .1: margins ours - 70, ours - 74."""
+    baselines = [(m, g, v) for m, v in (("ocsvm", 0.70), ("kde", 0.65)) for g in (0.0, 0.1)]
+    points = [("hscl", 0.0, ours), ("hscl", 0.1, ours - 0.04), *baselines]
+    rows = pd.DataFrame(points, columns=["method", "gamma_p", "auroc_pooled"]).assign(normal_class=0)
+    claim, measured, got = check(MARGIN, rows)
+    assert got == verdict and claim == "A at least 5 points above the best of B."
+    assert measured.startswith(f"γp=0: hscl {100 * ours:.1f} vs ocsvm 70.0")
+
+
+def test_the_claims_file_names_known_checks_scenarios_methods_and_layouts():
+    spec = read_spec()
+    for claim in spec["claims"]:
+        scenario = SCENARIOS[claim["scenario"]]
+        assert claim["test"] in CHECKS
+        assert set(claim.get("methods", [])) | set(claim.get("baseline", [])) <= set(scenario.methods), claim
+    for section in spec["report"]["sections"]:
+        assert section["scenario"] in SCENARIOS
+        assert all(table["layout"] in LAYOUTS for table in section["tables"])
+    assert set(spec["report"]["setup"]["methods"]) <= set(SCENARIOS[spec["report"]["setup"]["split_scenario"]].methods)
+
+
+def test_the_committed_document_is_what_the_committed_store_gives():
+    """docs/reproduction.md is generated: regenerating it from benchmarks/records/reproduction changes
+    nothing but the date (and it names the store by its path in the repository, not on the machine)."""
+    again = build_report(str(ROOT / "benchmarks" / "records" / "reproduction")).splitlines()
+    committed = (ROOT / "docs" / "reproduction.md").read_text().splitlines()
+    assert [li for li in again if not li.startswith("_Generated")] == \
+        [li for li in committed if not li.startswith("_Generated")]
+    assert "from the store `benchmarks/records/reproduction` on" in next(li for li in again if li.startswith("_Gen"))
+
+
+def test_the_store_is_named_relative_to_the_repository_when_inside_it(tmp_path):
+    assert shown_path(str(ROOT / "runs" / "x")) == "runs/x"
+    assert shown_path(str(tmp_path)) == str(tmp_path)
+    assert shown_path("s3://bucket/results") == "s3://bucket/results"
 
 
 def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_path):

@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.results import compare, connect, main, metrics_from_scores, wide_table
+from orchestrator.report.stats import compare, metrics_from_scores
+from orchestrator.report.tables import summary, wide_table
+from orchestrator.results import main
+from orchestrator.store import connect
 
 
 def test_table_numbers_equal_pandas_means(small_store, capsys):
@@ -40,7 +43,8 @@ def test_a_grid_with_a_missing_point_is_reported_incomplete(small_store, tmp_pat
     assert main(["--storage", str(copy), "table", "scenario2"]) == 0
     assert "5 ok trials, 0 failed (not averaged in), 1 missing" in capsys.readouterr().err
     assert main(["--storage", str(copy), "summary"]) == 0
-    assert "│ 6      │ 5  │ 0      │ 1       │" in capsys.readouterr().out
+    sweep = summary(str(copy)).iloc[0]  # the numbers the summary prints, one line per sweep command
+    assert (sweep["trials"], sweep["ok"], sweep["failed"], sweep["missing"]) == (6, 5, 0, 1)
 
 
 @pytest.mark.parametrize("kind", ["gamma", "heatmap", "ablation"])
@@ -75,6 +79,9 @@ def test_bad_queries_are_one_line(small_store, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert main(["--storage", str(small_store), "table", "scenario42"]) == 2
+    assert main(["--storage", str(small_store), "plot", "gamma", "scenario1", "--out", "never.png"]) == 2  # no rows
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("error: no ok trials for scenario1")
 
 
 def _six_points(small_store):
