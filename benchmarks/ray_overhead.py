@@ -22,8 +22,8 @@ import torch
 
 from orchestrator.data.datasets import DataSource
 from orchestrator.experiments import one_class
-from orchestrator.planner import expand
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.planner import expand
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ the tricks it turns on, joined by "+" ("fp32" = none):
 HSCL turns amp and channels_last on only on CUDA unless `cpu_bf16` is set (the `small` profile sets
 it); this script sets it, so that on the CPU the variants show what each switch does there.
 `--net resnet18_narrow` measures the small profile's network (train_throughput-resnet18_narrow.json).
-The host-aug variant swaps `methods.hscl.simclr_augment` for the loader's output during its steps; nothing else of
+The host-aug variant swaps `methods.hscl.simclr_views` for the loader's output during its steps; nothing else of
 the step changes.
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one eager fp32 step (forward + backward:
@@ -187,7 +187,7 @@ class Variant:
         cfg = HSCLConfig(net=NET, batch_size=batch, amp="bf16" in self.tricks, channels_last="cl" in self.tricks,
                          compile="compile" in self.tricks, cpu_bf16=True)
         self.method = m = HSCL(cfg, dev, seed)
-        m.net = m._build_net(images.shape[1])
+        m.net = m.build_net(images.shape[1])
         self.forward = torch.compile(m.net) if cfg.compile else m.net  # as HSCL.fit does
         self.opt = torch.optim.Adam(m.net.parameters(), lr=cfg.lr)
         self.images, self.kind, self.batch = images, kind, batch
@@ -235,12 +235,12 @@ class Variant:
 
 @contextlib.contextmanager
 def _swap_augment(fn):
-    saved = hscl_module.simclr_augment
-    hscl_module.simclr_augment = fn
+    saved = hscl_module.simclr_views
+    hscl_module.simclr_views = fn
     try:
         yield
     finally:
-        hscl_module.simclr_augment = saved
+        hscl_module.simclr_views = saved
 
 
 NET = "resnet18"  # the encoder, from --net

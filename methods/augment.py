@@ -1,8 +1,9 @@
 """Batched image augmentations that run on the device, over whole batches.
 
 SimCLR's augmentations (Chen et al. 2020, as used by CSI and HSCL Sec. 4.2): Inception crop
-(random resized crop), horizontal flip, colour jitter, random grayscale; plus CSI's shifting
-transformation, rotation by k * 90 degrees. Every function takes a batch (N, C, H, W) and draws
+(random resized crop), horizontal flip, colour jitter, random grayscale and (CADet, SimCLRv2) Gaussian
+blur, chained in `simclr_chain`; CSI's shifting transformation, rotation by k * 90 degrees; CADet's
+evaluation views. Every function takes a batch (N, C, H, W) and draws
 its random parameters per sample from a `torch.Generator`, as tensors: there is no loop over
 images (airbench style), only a few tensor ops per batch.
 
@@ -141,20 +142,51 @@ def random_grayscale(x: torch.Tensor, p: float = 0.2, generator: torch.Generator
     return torch.where(mask, _gray(x).expand_as(x), x)
 
 
-def simclr_augment(
-    images: torch.Tensor,
-    crop_scale_min: float = 0.08,
-    jitter: float = 0.4,
-    jitter_p: float = 0.8,
-    gray_p: float = 0.2,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float (N, C, H, W): one SimCLR view per image."""
-    x = to_float(images)
-    x = resized_crop_flip(x, scale=(crop_scale_min, 1.0), generator=generator)
+def gaussian_blur(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SimCLR's blur: with probability p a Gaussian of sigma ~ U[0.1, 2] pixels, kernel 10 % of the image
+    side (odd, >= 3), as one grouped separable convolution over the batch. x float (N, C, H, W)."""
+    n, c, h, w = x.shape
+    k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
+    if min(h, w) <= k // 2:  # too small to pad by reflection: nothing to blur
+        return x
+    dev = x.device
+    sigma = torch.rand(n, generator=generator, device=dev) * 1.9 + 0.1
+    r = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
+    kern = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N * C, k)
+    y = F.pad(x.reshape(1, n * c, h, w), (k // 2,) * 4, mode="reflect")
+    y = F.conv2d(y, kern.view(n * c, 1, k, 1), groups=n * c)  # vertical pass
+    y = F.conv2d(y, kern.view(n * c, 1, 1, k), groups=n * c).view(n, c, h, w)  # horizontal pass
+    apply = torch.rand(n, generator=generator, device=dev) < p
+    return torch.where(apply.view(n, 1, 1, 1), y, x)
+
+
+def simclr_chain(x: torch.Tensor, crop_scale_min: float, jitter: float, jitter_p: float, gray_p: float,
+                 blur_p: float = 0.0, flip_p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SimCLR's transformations of float [0, 1] rows (N, C, H, W), in this order and each drawn per row: Inception
+    crop + horizontal flip (flip_p), colour jitter, grayscale, Gaussian blur (only when blur_p > 0: no draws
+    otherwise) -> normalised float (N, C, H, W)."""
+    x = resized_crop_flip(x, scale=(crop_scale_min, 1.0), flip_p=flip_p, generator=generator)
     x = color_jitter(x, strength=jitter, p=jitter_p, generator=generator)
     x = random_grayscale(x, p=gray_p, generator=generator)
+    if blur_p > 0:
+        x = gaussian_blur(x, blur_p, generator)
     return normalize(x)
+
+
+def simclr_views(images: torch.Tensor, n_views: int = 2, crop_scale_min: float = 0.08, jitter: float = 0.4,
+                 jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """SimCLR's training batch (HSCL Sec. 4.2, CADet's T_train): uint8 (B, C, H, W) -> normalised float
+    (n_views * B, C, H, W), row v * B + i = view v of image i ([view 0 of all; view 1 of all; ...])."""
+    x = to_float(images).repeat(n_views, 1, 1, 1)
+    return simclr_chain(x, crop_scale_min, jitter, jitter_p, gray_p, blur_p, generator=generator)
+
+
+def simclr_augment(images: torch.Tensor, crop_scale_min: float = 0.08, jitter: float = 0.4, jitter_p: float = 0.8,
+                   gray_p: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> normalised float (N, C, H, W): one SimCLR view per image."""
+    return simclr_chain(to_float(images), crop_scale_min, jitter, jitter_p, gray_p, generator=generator)
 
 
 def rotations(x: torch.Tensor, n: int = 4) -> torch.Tensor:
@@ -187,6 +219,19 @@ def shifted_views(
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     x = rotations(x, n_rot)  # (R * V * B, C, H, W)
-    x = resized_crop_flip(x, scale=(crop_scale_min, 1.0), flip_p=0.0, generator=generator)
-    x = color_jitter(x, strength=jitter, p=jitter_p, generator=generator)
-    return normalize(random_grayscale(x, p=gray_p, generator=generator))
+    return simclr_chain(x, crop_scale_min, jitter, jitter_p, gray_p, flip_p=0.0, generator=generator)
+
+
+def eval_views(x: torch.Tensor, n_trs: int, scale: float, flip: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """CADet's T_eval (Sec. 5.1): float [0, 1] (B, C, H, W) -> normalised (n_trs * B, C, H, W), row t * B + i =
+    view t of image i: a crop of `scale` of the area (random aspect ratio and position), resized back,
+    flipped with probability 0.5."""
+    v = x.repeat(n_trs, 1, 1, 1)
+    v = resized_crop_flip(v, scale=(scale, scale), flip_p=0.5 if flip else 0.0, generator=generator)
+    return normalize(v)
+
+
+def as_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float [0, 1] (adversarial images stay unquantised)."""
+    return to_float(images) if images.dtype == torch.uint8 else images.float().clamp(0, 1)

@@ -7,6 +7,10 @@ every Config field is a plain JSON value (str, int, float, bool): the config is 
 
 Convention for all methods: `score()` returns HIGHER = MORE ANOMALOUS. A method whose paper defines
 a normality score (e.g. HSCL's Eq. 9) returns its negation.
+
+`NeuralMethod` is what the neural methods share: their network trains through the one loop,
+methods/trainer.py, and a method supplies only its network, step loss and, where its paper differs from
+the default (Adam, linear warm-up then cosine), its optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from torch import nn
+
+from methods.augment import normalize, to_float
+from methods.optim import make_optimizer, warmup_cosine
+from methods.trainer import FitResult, Precision, Schedule, StepLoss, fit, seeded
 
 
 @dataclass
@@ -63,3 +72,86 @@ class Method(Protocol):
     def score(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, C, H, W) -> float (N,) anomaly scores: HIGHER = MORE ANOMALOUS."""
         ...
+
+
+class NeuralMethod:
+    """fit() = build the network from the seed, train it with methods.trainer.fit, then `finish`. A subclass
+    writes `make_net`, `step_loss` and `score`, and overrides the rest only where its paper says otherwise.
+    Its Config has at least net, epochs, batch_size, lr, weight_decay, amp and channels_last."""
+
+    uses_labels = False
+
+    def __init__(self, config: Any, device: torch.device, seed: int):
+        """The runner's call. Without a `cpu_bf16` field in the config, amp and channels_last apply on CUDA only."""
+        self.config = config
+        self.seed = int(seed)
+        self.precision = Precision.choose(device, config.amp, config.channels_last, getattr(config, "cpu_bf16", False))
+        self.device = self.precision.device
+        self.net: nn.Module | None = None
+
+    # ---- what a method provides -------------------------------------------------------------------
+
+    def make_net(self, in_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def step_loss(self, images: torch.Tensor, kind: torch.Tensor) -> StepLoss:
+        """The loss of one step over the training set (uint8 images, int8 kind, both on the device), for
+        methods.trainer.fit: (forward, rows, epoch, generator) -> {"loss": total, "loss_<term>": ...}."""
+        raise NotImplementedError
+
+    def optimizer(self, params: list) -> torch.optim.Optimizer:
+        return make_optimizer("adam", params, self.config.lr, self.config.weight_decay)
+
+    def schedule(self) -> Schedule:
+        return warmup_cosine(self.config.warmup_epochs, self.config.epochs)
+
+    def fit_options(self) -> dict:
+        """Further keyword arguments of methods.trainer.fit (compile, sync_bn) the config sets."""
+        return {}
+
+    def start_epoch(self, epoch: int, images: torch.Tensor) -> None:
+        """Called before each epoch (1-based) with the whole training set (uint8, on the device)."""
+
+    def finish(self, images: torch.Tensor, kind: torch.Tensor) -> None:
+        """Called once after training with the whole training set: e.g. build the score bank."""
+
+    # ---- the loop, once for all ---------------------------------------------------------------------
+
+    def build_net(self, in_channels: int) -> nn.Module:
+        """make_net from the seed, on the CPU (the same weights on any device), placed on the device."""
+        return self.precision.place(seeded(lambda: self.make_net(in_channels), self.seed))
+
+    def train_net(self, images: torch.Tensor, kind: torch.Tensor | None,
+                  on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
+        """Train self.net (built already) on images (N, C, H, W) uint8 on the device."""
+        cfg = self.config
+        return fit(self.net, self.step_loss(images, kind), images.shape[0], epochs=cfg.epochs,
+                   batch_size=cfg.batch_size, seed=self.seed, device=self.device, make_optimizer=self.optimizer,
+                   schedule=self.schedule(), start_epoch=lambda epoch: self.start_epoch(epoch, images),
+                   on_epoch=on_epoch, **self.fit_options())
+
+    def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        """Train from scratch on every training image; on_epoch(epoch, {"loss", "loss_<term>", ..., "lr"}) after
+        each epoch. -> methods.trainer.FitResult.summary()."""
+        images, kind = train.images.to(self.device), train.kind.to(self.device, torch.int8)
+        self.net = self.build_net(images.shape[1])
+        summary = self.train_net(images, kind, on_epoch).summary()
+        self.finish(images, kind)
+        return summary
+
+    @torch.no_grad()
+    def outputs(self, images: torch.Tensor, rotation: int = 0, chunk: int = 1024) -> list:
+        """The network's outputs in eval mode for un-augmented uint8 images (N, C, H, W), turned by rotation * 90
+        degrees, one entry per chunk of images."""
+        self.require_fit()
+        self.net.eval()
+        out = []
+        for x in images.to(self.device).split(chunk):
+            x = torch.rot90(x, rotation, dims=(2, 3)) if rotation else x
+            with self.precision.autocast():
+                out.append(self.net(self.precision.to_net(normalize(to_float(x)))))
+        return out
+
+    def require_fit(self) -> None:
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__}.score() called before fit()")

@@ -1,33 +1,28 @@
-"""Plumbing shared by the contrastive methods that train on every image, without labels: CSI, MSC and
-MIL-convex (methods/csi.py, msc.py, milconvex.py).
+"""What the contrastive methods share: CSI, MSC and MIL-convex (methods/csi.py, msc.py, milconvex.py), which
+train on every image without labels, and HSCL's Config (methods/hscl.py).
 
 - `ContrastiveConfig`: the fields they share (net, views, optimiser, schedule, device flags); each
   method's Config extends it and resets the defaults its paper gives.
 - `ContrastiveNet`: encoder f -> features h, projection head -> z, optional linear rotation head.
-- `nt_xent`: SimCLR's contrastive loss with one positive per row, the building block of all three.
-- `ContrastiveMethod`: one fit loop (Adam, linear warm-up then cosine per step, optional DDP), the
-  seeded network build and batched feature extraction. A method writes only what its paper says:
-  `loss()` for one step, optionally `start_epoch()` (e.g. a re-computed centre) and `finish()` (its
-  score bank), and `score()`.
+- `ContrastiveMethod`: the training views and batched feature extraction; training itself is
+  methods/trainer.py's loop (Adam, linear warm-up then cosine per step, optional DDP). A method writes only
+  what its paper says: `loss()` for one step (methods/losses.py has SimCLR's NT-Xent), optionally
+  `start_epoch()` (e.g. a re-computed centre) and `finish()` (its score bank), and `score()`.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from methods.augment import normalize, shifted_views, to_float
-from methods.base import TrainSet
+from methods.augment import shifted_views
+from methods.base import NeuralMethod
 from methods.networks import build_encoder, projection_head
+from methods.trainer import StepLoss
 
 
 @dataclass(frozen=True)
@@ -36,35 +31,35 @@ class ContrastiveConfig:
     warm-up epochs then cosine) and SimCLR's augmentations, which CSI and MSC use as well."""
 
     net: str = "resnet18"
-    """encoder, see methods/networks.py ("resnet18" = CIFAR ResNet-18, "cnn_small")"""
     proj_dim: int = 128
-    """output dimension of the 2-layer projection head; 0 = no head, the losses see the encoder features"""
+    """the encoder, see methods/networks.py ("resnet18" = CIFAR ResNet-18, "cnn_small"), and the output
+    dimension of its 2-layer projection head (0 = no head: the losses see the encoder features)"""
     tau: float = 0.5
-    """temperature of the contrastive losses"""
     rotations: int = 4
-    """shifting transformation: copies rotated by k * 90 degrees, k < rotations (1 = none)"""
+    """the temperature of the contrastive losses; the shifting transformation: copies rotated by k * 90
+    degrees, k < rotations (1 = none)"""
     batch_size: int = 256
-    """images per step (split across DDP ranks); each gives 2 views x `rotations` rows"""
     epochs: int = 200
     lr: float = 1e-3
-    """Adam's initial learning rate"""
     warmup_epochs: int = 10
-    """linear warm-up, then cosine decay to 0 (per step)"""
     weight_decay: float = 0.0
+    """images per step (split across DDP ranks; each gives 2 views x `rotations` rows); Adam's initial
+    learning rate and weight decay, the rate rising linearly over the warm-up epochs, then decaying to 0
+    along a cosine (per step)"""
     crop_scale_min: float = 0.08
-    """smallest area fraction of the Inception crop (SimCLR's 0.08)"""
     jitter: float = 0.4
-    """colour-jitter strength s: brightness/contrast/saturation in [1-s, 1+s], hue s/4"""
     jitter_p: float = 0.8
     gray_p: float = 0.2
+    """SimCLR's views: Inception crops of at least crop_scale_min of the area (SimCLR's 0.08), colour jitter
+    of strength s = jitter (brightness/contrast/saturation in [1-s, 1+s], hue s/4) with probability
+    jitter_p, grayscale with probability gray_p"""
     amp: bool = True
-    """bf16 autocast for the forward pass; on the CPU only with `cpu_bf16`"""
     channels_last: bool = True
-    """channels_last memory format; on the CPU only with `cpu_bf16`"""
     cpu_bf16: bool = False
-    """apply `amp` and `channels_last` on the CPU too: together 3.8x fp32's HSCL step with the narrow ResNet-18
-    on this project's AVX-512 BF16 CPU (benchmarks/records/train_throughput-resnet18_narrow.json); off by
-    default, since a CPU without native bf16 emulates it"""
+    """bf16 autocast for the forward pass and the channels_last memory format, on the CPU only with cpu_bf16:
+    together 3.8x fp32's HSCL step with the narrow ResNet-18 on this project's AVX-512 BF16 CPU
+    (benchmarks/records/train_throughput-resnet18_narrow.json); off by default, since a CPU without native
+    bf16 emulates it"""
     compile: bool = False
     """torch.compile the model"""
 
@@ -104,163 +99,42 @@ class ContrastiveNet(nn.Module):
         return h, z, logits
 
 
-def view_partner(n_rot: int, b: int, device=None) -> torch.Tensor:
-    """For rows laid out as methods.augment.shifted_views gives them with 2 views (row k*2B + v*B + i),
-    the row index of each row's positive: same image, same rotation, the other view. (2 * n_rot * b,)"""
-    return torch.arange(2 * n_rot * b, device=device).view(n_rot, 2, b).flip(1).reshape(-1)
+class ContrastiveMethod(NeuralMethod):
+    """A method that trains a ContrastiveNet on 2 SimCLR views x `rotations` rows of every image (unlabeled and
+    labeled alike: TrainSet.kind is ignored) with Adam, linear warm-up then cosine, through methods/trainer.py.
+    A method writes its `loss()` on a uint8 batch, optionally `start_epoch()` and `finish()`, and `score()`."""
 
-
-def nt_xent(z: torch.Tensor, partner: torch.Tensor, tau: float) -> torch.Tensor:
-    """SimCLR's NT-Xent, the MIL-convex paper's Eq. (3) with one positive: z (M, D) unit rows,
-    partner (M,) each row's positive; every other row is a negative. Mean over the M rows of
-        -log( exp(z_i.z_p(i) / tau) / sum_{j != i} exp(z_i.z_j / tau) )."""
-    logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))  # (M, M); a row is not its own negative
-    return F.cross_entropy(logits, partner)
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Multiplier of the initial learning rate: linear ramp to 1 over warmup_steps, then half a cosine to 0."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-class ContrastiveMethod:
-    """fit() and feature extraction for a method whose `loss()` takes a uint8 batch. Unsupervised:
-    trains on every training image (unlabeled and labeled alike) and ignores TrainSet.kind."""
-
-    uses_labels = False
     rot_on_z = False  # where the rotation head reads, see ContrastiveNet
-
-    def __init__(self, config: ContrastiveConfig, device: torch.device, seed: int):
-        """The runner's call; a subclass keeps its own state (score banks, centre) in class attributes."""
-        self.config = config
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        fast = self.device.type == "cuda" or config.cpu_bf16
-        self.amp = config.amp and fast
-        self.channels_last = config.channels_last and fast
-        self.net: ContrastiveNet | None = None
-
-    # ---- what a method provides -------------------------------------------------------------------
 
     def rotation_classes(self) -> int:
         """Outputs of the rotation head; 1 = no head (override when the rotation loss is switched off)."""
         return 1
 
-    def start_epoch(self, epoch: int, images: torch.Tensor) -> None:
-        """Called before each epoch with the whole training set (uint8, on the device)."""
-
     def loss(self, forward: Callable, x: torch.Tensor, epoch: int, g: torch.Generator) -> dict:
         """One step on a uint8 batch (B, C, H, W) -> {"loss": total, "loss_<term>": ...} (tensors)."""
         raise NotImplementedError
 
-    def finish(self, images: torch.Tensor) -> None:
-        """Called once after training with the whole training set: build the score bank."""
+    def make_net(self, in_channels: int) -> ContrastiveNet:
+        cfg = self.config
+        return ContrastiveNet(cfg.net, in_channels, cfg.proj_dim, self.rotation_classes(), self.rot_on_z)
 
-    # ---- plumbing ------------------------------------------------------------------------------------
+    def step_loss(self, images: torch.Tensor, kind: torch.Tensor) -> StepLoss:
+        return lambda forward, rows, epoch, g: self.loss(forward, images[rows], epoch, g)
 
-    @property
-    def distributed(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
-        """Under DDP every rank takes rank 0's copy (e.g. a centre computed with rank-local BatchNorm stats)."""
-        if self.distributed:
-            dist.broadcast(t, src=0)
-        return t
-
-    def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def to_net(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def build_net(self, in_channels: int) -> ContrastiveNet:
-        # From the seed on the CPU (same weights on any device), leaving the global RNG alone.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = ContrastiveNet(self.config.net, in_channels, self.config.proj_dim, self.rotation_classes(),
-                                 self.rot_on_z)
-        net = net.to(self.device)
-        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+    def fit_options(self) -> dict:
+        return {"compile": self.config.compile}
 
     def forward_views(self, forward: Callable, x: torch.Tensor, g: torch.Generator):
         """Training rows of the uint8 batch x (B, ...): 2 views x `rotations` copies as shifted_views lays
         them out (row k * 2B + v * B + i) -> (z (R * 2B, D) raw projections, rotation logits or None)."""
-        cfg = self.config
+        cfg, precision = self.config, self.precision
         views = shifted_views(x, 2, cfg.rotations, cfg.crop_scale_min, cfg.jitter, cfg.jitter_p, cfg.gray_p, g)
-        with self.autocast():
-            _, z, logits = forward(self.to_net(views))
+        with precision.autocast():
+            _, z, logits = forward(precision.to_net(views))
         return z, logits
 
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, rotation: int = 0, chunk: int = 1024):
+    def features(self, images: torch.Tensor, rotation: int = 0):
         """uint8 (N, C, H, W), no augmentation, turned by rotation * 90 degrees -> (h, z, logits) in
         eval mode, float32 on the device (logits None without a rotation head)."""
-        self.net.eval()
-        parts = []
-        for x in images.to(self.device).split(chunk):
-            x = torch.rot90(x, rotation, dims=(2, 3)) if rotation else x
-            with self.autocast():
-                parts.append(self.net(self.to_net(normalize(to_float(x)))))
-        h, z, logits = zip(*parts, strict=True)
+        h, z, logits = zip(*self.outputs(images, rotation), strict=True)
         return torch.cat(h).float(), torch.cat(z), None if logits[0] is None else torch.cat(logits)
-
-    def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-        cfg, dev = self.config, self.device
-        t0 = time.perf_counter()
-        images = train.images.to(dev)  # every image, labels ignored; batches are index gathers
-        n = images.shape[0]
-        self.net = self.build_net(images.shape[1])
-        rank, world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
-        model = self.net
-        if self.distributed:
-            model = DistributedDataParallel(self.net, device_ids=[dev] if dev.type == "cuda" else None)
-        forward = torch.compile(model) if cfg.compile else model
-
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = max(1, round(n / cfg.batch_size))  # near-equal batches that cover every image once
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, cfg.warmup_epochs * steps, cfg.epochs * steps))
-        order_gen = torch.Generator(device=dev).manual_seed(self.seed)  # the same on every rank
-        aug_gen = torch.Generator(device=dev).manual_seed(
-            int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))  # own views per rank
-
-        history: dict[str, float] = {"loss": float("nan")}
-        for epoch in range(1, cfg.epochs + 1):
-            self.start_epoch(epoch, images)
-            self.net.train()
-            totals = []
-            for batch in torch.randperm(n, generator=order_gen, device=dev).tensor_split(steps):
-                parts = self.loss(forward, images[batch.tensor_split(world)[rank]], epoch, aug_gen)
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-                sched.step()
-                totals.append(torch.stack([v.detach().float() for v in parts.values()]))
-            means = torch.stack(totals).mean(0)
-            if self.distributed:
-                dist.all_reduce(means)
-                means /= world
-            history = dict(zip(parts, means.tolist(), strict=True))  # one host sync per epoch
-            if on_epoch is not None:
-                on_epoch(epoch, {**history, "lr": sched.get_last_lr()[0]})
-
-        if self.distributed:  # BatchNorm running stats: rank 0's everywhere, so every rank scores alike
-            for buf in self.net.buffers():
-                dist.broadcast(buf, src=0)
-        self.finish(images)
-        return {
-            "epochs": cfg.epochs,
-            "steps": cfg.epochs * steps,
-            "final_loss": history["loss"],
-            **{f"final_{k}": v for k, v in history.items() if k != "loss"},
-            "world_size": world,
-            "fit_seconds": time.perf_counter() - t0,
-        }
-
-    def require_fit(self) -> None:
-        if self.net is None:
-            raise RuntimeError(f"{type(self).__name__}.score() called before fit()")

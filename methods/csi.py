@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from methods.contrastive import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod
+from methods.losses import nt_xent, view_partner
 from methods.similarity import max_cosine
-from methods.training import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod, nt_xent, view_partner
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class CSI(ContrastiveMethod):
         ensemble = self.config.score_mode == "ensemble"
         return self.config.rotations if ensemble else 1
 
-    def finish(self, images: torch.Tensor) -> None:
+    def finish(self, images: torch.Tensor, kind: torch.Tensor) -> None:
         self.banks, self.weights = [], []
         for k in range(self._rotations_scored()):
             _, z, logits = self.features(images, rotation=k)

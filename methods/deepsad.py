@@ -38,9 +38,6 @@ class DeepSAD(DeepSVDD):
     uses_labels = True
     profiles = DeepSVDD.profiles  # the same budget as Deep SVDD, so the two compare like for like
 
-    def train_kind(self, train: TrainSet) -> torch.Tensor:
-        return train.kind.to(torch.int8)
-
     def loss(self, dist: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
         """Eq. (3) on a batch: dist (B,) squared distances to c, kind (B,) in {0, +1, -1}."""
         cfg = self.config

@@ -25,7 +25,6 @@ takes about 0.2-0.35 s; test AUROCs in tests/test_baselines.py.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,8 +33,10 @@ import torch
 from torch import nn
 
 from methods.augment import normalize, to_float
-from methods.base import TrainSet
+from methods.base import NeuralMethod, TrainSet
 from methods.networks import build_encoder
+from methods.optim import step_decay
+from methods.trainer import Schedule, StepLoss
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class DeepSVDDConfig:
     channels_last: bool = True
     """channels_last memory format; on the CPU only with `cpu_bf16`"""
     cpu_bf16: bool = False
-    """apply `amp` and `channels_last` on the CPU too (see methods/training.py)"""
+    """apply `amp` and `channels_last` on the CPU too (see methods/contrastive.py)"""
 
 
 def strip_biases(module: nn.Module) -> nn.Module:
@@ -94,10 +95,9 @@ class SVDDNet(nn.Module):
         return self.out(self.encoder(x))
 
 
-class DeepSVDD:
+class DeepSVDD(NeuralMethod):
     name = "deepsvdd"
     Config = DeepSVDDConfig
-    uses_labels = False
     # quick: 8x8 digits, ~130 images: 40 epochs of 2 batches = 80 Adam steps (HSCL's quick budget
     # in epochs and batch size), about 0.2 s on one CPU thread. lr 1e-3 and no milestone: 80 steps
     # at 1e-4 learned less (pooled AUROC 0.90 vs 0.97, 4 digit pairs x 2 seeds).
@@ -109,93 +109,51 @@ class DeepSVDD:
         "small": {"net": "resnet18_narrow", "epochs": 8, "lr": 1e-3, "lr_milestone": 0, "cpu_bf16": True},
         "paper": {},
     }
-
-    def __init__(self, config: DeepSVDDConfig, device: torch.device, seed: int):
-        self.config = config
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        fast = self.device.type == "cuda" or config.cpu_bf16
-        self.amp = config.amp and fast
-        self.channels_last = config.channels_last and fast
-        self.net: SVDDNet | None = None
-        self.c: torch.Tensor | None = None
+    c: torch.Tensor | None = None  # the centre, fixed before training
 
     # ---- the objective: overridden by Deep SAD ------------------------------------------------------
 
-    def train_kind(self, train: TrainSet) -> torch.Tensor:
-        """The labels training sees: none (all 0 = unlabeled) for the one-class method."""
-        return torch.zeros_like(train.kind, dtype=torch.int8)
-
     def loss(self, dist: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-        """One-class Deep SVDD: the mean squared distance to c. dist (B,), kind (B,) unused."""
+        """One-class Deep SVDD: the mean squared distance to c. dist (B,), kind (B,) unused: the labels are ignored."""
         return dist.mean()
 
-    # ---- fit / score --------------------------------------------------------------------------------
+    # ---- training ------------------------------------------------------------------------------------
 
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = normalize(to_float(images.to(self.device)))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def make_net(self, in_channels: int) -> SVDDNet:
+        return SVDDNet(self.config.net, in_channels, self.config.rep_dim)
 
-    def _phi(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> phi (B, rep_dim) in float32."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.net(self._inputs(images)).float()
+    def schedule(self) -> Schedule:
+        return step_decay(self.config.lr_milestone)  # lr / 10 from the milestone epoch on
 
-    @torch.no_grad()
-    def _embed(self, images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        self.net.eval()
-        return torch.cat([self._phi(part) for part in images.split(chunk)])
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> phi (N, rep_dim) in float32, eval mode."""
+        return torch.cat(self.outputs(images)).float()
 
-    @torch.no_grad()
-    def _init_center(self, images: torch.Tensor) -> torch.Tensor:
+    def initial_centre(self, images: torch.Tensor) -> torch.Tensor:
         """c = mean of phi over the training set from the initial (eval-mode) forward pass."""
-        c = self._embed(images).mean(dim=0)
+        c = self.embed(images).mean(dim=0)
         eps = self.config.center_eps
         return torch.where(c.abs() < eps, torch.where(c < 0, -eps, eps), c)
 
-    def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-        cfg, dev = self.config, self.device
-        t0 = time.perf_counter()
-        images = train.images.to(dev)  # uint8 (N, C, H, W): batches are index gathers
-        kind = self.train_kind(train).to(dev)
-        n = images.shape[0]
-        with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
-            torch.manual_seed(self.seed)
-            self.net = SVDDNet(cfg.net, images.shape[1], cfg.rep_dim).to(dev)
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.c = self._init_center(images)
+    def step_loss(self, images: torch.Tensor, kind: torch.Tensor) -> StepLoss:
+        self.c = self.initial_centre(images)  # Sec. 3.1: fixed before the first step
 
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        milestones = [cfg.lr_milestone] if 0 < cfg.lr_milestone < cfg.epochs else []
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        gen = torch.Generator(device=dev).manual_seed(self.seed)
-        steps_per_epoch = max(1, round(n / cfg.batch_size))  # near-equal batches using every sample
-        loss_value = float("nan")
-        for epoch in range(1, cfg.epochs + 1):
-            self.net.train()
-            losses = []
-            for idx in torch.randperm(n, generator=gen, device=dev).tensor_split(steps_per_epoch):
-                z = self._phi(images[idx])  # (B, rep_dim)
-                dist = ((z - self.c) ** 2).sum(dim=1)  # (B,) squared distance to the centre
-                loss = self.loss(dist, kind[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-            sched.step()
-            loss_value = torch.stack(losses).mean().item()
-            if on_epoch is not None:
-                on_epoch(epoch, {"loss": loss_value, "lr": sched.get_last_lr()[0]})
-        if cfg.epochs == 0:  # nothing trained: report the objective at the initial weights
-            with torch.no_grad():
-                loss_value = self.loss(((self._embed(images) - self.c) ** 2).sum(dim=1), kind).item()
-        return {"epochs": cfg.epochs, "steps": cfg.epochs * steps_per_epoch, "final_loss": loss_value,
-                "fit_seconds": time.perf_counter() - t0}
+        def step(forward: Callable, rows: torch.Tensor, epoch: int, g: torch.Generator) -> dict:
+            with self.precision.autocast():
+                z = forward(self.precision.to_net(normalize(to_float(images[rows])))).float()  # (B, rep_dim)
+            dist = ((z - self.c) ** 2).sum(dim=1)  # (B,) squared distance to the centre
+            return {"loss": self.loss(dist, kind[rows])}
+
+        return step
+
+    def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        summary = super().fit(train, on_epoch)
+        if self.config.epochs == 0:  # nothing trained: report the objective at the initial weights
+            dist = ((self.embed(train.images) - self.c) ** 2).sum(dim=1)
+            summary["final_loss"] = self.loss(dist, train.kind.to(self.device, torch.int8)).item()
+        return summary
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, C, H, W) -> (N,) squared distance to c: higher = more anomalous."""
-        if self.net is None:
-            raise RuntimeError(f"{type(self).__name__}.score() called before fit()")
-        return ((self._embed(images) - self.c) ** 2).sum(dim=1).cpu().numpy()
+        return ((self.embed(images) - self.c) ** 2).sum(dim=1).cpu().numpy()

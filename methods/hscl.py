@@ -26,22 +26,20 @@ as cuDNN's kernels are deterministic (we do not force torch.use_deterministic_al
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from methods.augment import normalize, rotations, simclr_augment, to_float
-from methods.base import TrainSet
+from methods.augment import rotations, simclr_views
+from methods.base import NeuralMethod, TrainSet
+from methods.contrastive import SMALL_CIFAR, ContrastiveConfig
+from methods.losses import nt_xent, view_partner
 from methods.networks import ENCODERS, build_encoder, projection_head
-from methods.training import SMALL_CIFAR, ContrastiveConfig
+from methods.trainer import StepLoss
 
 
 @dataclass(frozen=True)
@@ -49,27 +47,24 @@ class HSCLConfig(ContrastiveConfig):
     """HSCL hyper-parameters; defaults are the paper's (Sec. 4.2) unless said otherwise. The shared
     contrastive fields (net, proj_dim = D, tau of Eq. 1 and 6, batch, schedule, SimCLR augmentations,
     rotations as CSI's shifting transformation, amp / channels_last / compile) come from
-    methods/training.py; HSCL trains 250 epochs and adds its own weights and ablation switches."""
+    methods/contrastive.py; HSCL trains 250 epochs and adds its own weights and ablation switches."""
 
     epochs: int = 250
     lambda1: float = 1.0
-    """weight of L_S-P in Eq. (8)"""
     lambda2: float = 1.0
-    """weight of L_N-A in Eq. (8)"""
+    """the weights of L_S-P and L_N-A in Eq. (8)"""
     n_prototypes: int = 1
     """K, the number of prototypes (Fig. 4 right: K = 1 is best)"""
     w_delta: float = 0.4
     """Eq. (7) threshold: only samples with weight w > w_delta are drawn for N-A (Fig. 4 left)"""
     use_ss: bool = True
-    """Table 5 ablation: the sample-to-sample loss"""
     use_sp: bool = True
-    """Table 5 ablation: prototypes and the S-P loss; without them the score is k-NN (Sec. 4.4)"""
     use_na: bool = True
-    """Table 5 ablation: the normal-to-abnormal loss"""
+    """Table 5's ablation of the three relations: the sample-to-sample loss; the prototypes and the S-P
+    loss (without them the score is k-NN, Sec. 4.4); the normal-to-abnormal loss"""
     sp_pos: bool = True
-    """Table 5 ablation: the first (normal) term of Eq. (4)"""
     sp_neg: bool = True
-    """Table 5 ablation: the second (anomaly) term of Eq. (4)"""
+    """Table 5's ablation of Eq. (4): its first (normal) and its second (anomaly) term"""
 
     def __post_init__(self):  # refuse a bad value when the config is built, not mid-sweep
         checks = {
@@ -87,20 +82,9 @@ class HSCLConfig(ContrastiveConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# The losses, as pure functions of unit-norm embeddings (tests check them on hand-computed inputs).
+# The losses, as pure functions of unit-norm embeddings (tests check them on hand-computed inputs). S-S,
+# Eq. (1)-(2) with one positive per anchor, is SimCLR's NT-Xent: methods.losses.nt_xent.
 # --------------------------------------------------------------------------------------------------
-
-
-def info_nce_pairs(z: torch.Tensor, partner: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. (1)-(2) with one positive per anchor: z (M, D) unit rows, partner (M,) the row index of
-    each row's positive (its other view); every other row is a negative. Mean over the M anchors.
-
-        L = -1/M sum_i log( exp(z_i.z_p(i) / tau) / sum_{j != i} exp(z_i.z_j / tau) )
-    """
-    logits = z @ z.T / tau  # (M, M) cosine similarities / tau
-    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))  # a sample is not its own negative
-    return F.cross_entropy(logits, partner)
 
 
 def prototype_similarity(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -177,13 +161,6 @@ def normality(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return prototype_similarity(z, prototypes)
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warm-up over warmup_steps (Goyal et al.), then cosine decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-
-
 # --------------------------------------------------------------------------------------------------
 # Model and method.
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +184,7 @@ class HSCLNet(nn.Module):
         return F.normalize(self.prototypes, dim=0)
 
 
-class HSCL:
+class HSCL(NeuralMethod):
     """HSCL as a method: fit(TrainSet) trains encoder + prototypes, score(images) = -Eq. (9)."""
 
     name = "hscl"
@@ -220,48 +197,20 @@ class HSCL:
     profiles = {
         "quick": {"net": "cnn_small", "epochs": 40, "batch_size": 64, "warmup_epochs": 4,
                   "crop_scale_min": 0.25, "lr": 3e-3},
-        "small": SMALL_CIFAR,  # methods/training.py: CIFAR-10, quarter-width ResNet-18, 3 epochs, bf16 on CPU
+        "small": SMALL_CIFAR,  # methods/contrastive.py: CIFAR-10, quarter-width ResNet-18, 3 epochs, bf16 on CPU
         "paper": {},
     }
+    train_features: torch.Tensor | None = None  # k-NN score bank when use_sp=False
 
-    def __init__(self, config: HSCLConfig, device: torch.device, seed: int):
-        self.config = config
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        fast = self.device.type == "cuda" or config.cpu_bf16  # on the CPU only when asked (see the field)
-        self.amp = config.amp and fast
-        self.channels_last = config.channels_last and fast
-        self.net: HSCLNet | None = None
-        self.train_features: torch.Tensor | None = None  # k-NN score bank when use_sp=False
+    def make_net(self, in_channels: int) -> HSCLNet:
+        return HSCLNet(self.config, in_channels)
 
-    # ---- plumbing -------------------------------------------------------------------------------
+    def fit_options(self) -> dict:
+        return {"compile": self.config.compile}
 
-    def _build_net(self, in_channels: int) -> HSCLNet:
-        # Initialise from the seed on the CPU (same weights on any device) without touching the
-        # caller's global RNG state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = HSCLNet(self.config, in_channels)
-        net = net.to(self.device)
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        return net
-
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    @torch.no_grad()
-    def _embed(self, images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """uint8 (N, C, H, W) on the device -> unit z (N, D), eval mode, no augmentation."""
-        self.net.eval()
-        out = []
-        for part in images.split(chunk):
-            with self._autocast():
-                out.append(self.net(self._to_net(normalize(to_float(part)))))
-        return torch.cat(out)
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> unit z (N, D), eval mode, no augmentation."""
+        return torch.cat(self.outputs(images))
 
     # ---- one training step: Eq. (8) ---------------------------------------------------------------
 
@@ -270,8 +219,7 @@ class HSCL:
         cfg = self.config
         b = x.shape[0]
         # Two SimCLR views of every image: rows [0, B) view 1, [B, 2B) view 2.
-        views = simclr_augment(x.repeat(2, 1, 1, 1), cfg.crop_scale_min, cfg.jitter, cfg.jitter_p,
-                               cfg.gray_p, generator=g)  # (2B, C, H, W)
+        views = simclr_views(x, 2, cfg.crop_scale_min, cfg.jitter, cfg.jitter_p, cfg.gray_p, generator=g)
         # CSI shifting transformation: rotate the augmented views by k * 90 degrees.
         # Choice: rotation after augmentation, so the 4 copies of a view share its crop (the paper
         # and CSI rotate first; with square images and these augmentations the two differ only in
@@ -279,17 +227,13 @@ class HSCL:
         # (the paper does not say whether rotated copies are normals, anomalies or neither).
         n_rot = cfg.rotations if cfg.use_ss else 1
         views = rotations(views, n_rot)  # (R * 2B, C, H, W), row = k * 2B + view * B + i
-        with self._autocast():
-            z = forward(self._to_net(views))  # (R * 2B, D) unit rows, float32
+        with self.precision.autocast():
+            z = forward(self.precision.to_net(views))  # (R * 2B, D) unit rows, float32
         zero = z.sum() * 0  # a 0 that keeps the graph (DDP wants every parameter in every step)
 
         # S-S, Eq. (1)-(2): positive = the same image, same rotation, other view. Choice (CSI):
         # every rotated copy is an instance of its own, so (x, k) and (x, k') are negatives.
-        if cfg.use_ss:
-            partner = torch.arange(z.shape[0], device=z.device).view(n_rot, 2, b).flip(1).reshape(-1)
-            loss_ss = info_nce_pairs(z, partner, cfg.tau)
-        else:
-            loss_ss = zero
+        loss_ss = nt_xent(z, view_partner(n_rot, b, z.device), cfg.tau) if cfg.use_ss else zero
 
         z0, kind2 = z[: 2 * b], kind.repeat(2)  # upright views (2B, D) and their labels
         # S-P, Eq. (4)-(5): weights w from each view's own similarity to V, detached (the weights
@@ -318,80 +262,20 @@ class HSCL:
         loss = loss_ss + cfg.lambda1 * loss_sp + cfg.lambda2 * loss_na  # Eq. (8)
         return {"loss": loss, "loss_ss": loss_ss, "loss_sp": loss_sp, "loss_na": loss_na}
 
-    # ---- fit / score --------------------------------------------------------------------------------
+    def step_loss(self, images: torch.Tensor, kind: torch.Tensor) -> StepLoss:
+        return lambda forward, rows, epoch, g: self.loss(forward, images[rows], kind[rows], g)
 
-    def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-        """Train from scratch. on_epoch(epoch, {"loss", "loss_ss", "loss_sp", "loss_na", "lr"}) after
-        each epoch (1-based; under DDP on every rank, with losses averaged over the ranks)."""
-        cfg, dev = self.config, self.device
-        t0 = time.perf_counter()
-        # The whole training set moves to the device once, as uint8; batches are index gathers.
-        images = train.images.to(dev)  # uint8 (N, C, H, W)
-        kind = train.kind.to(dev, torch.int8)  # (N,)
-        n = images.shape[0]
-        self.net = self._build_net(images.shape[1])
+    # ---- score ----------------------------------------------------------------------------------------
 
-        # DDP: every rank draws the same permutation and takes its own slice of each global batch.
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        model = self.net
-        if distributed:
-            model = DistributedDataParallel(self.net, device_ids=[dev] if dev.type == "cuda" else None)
-        forward = torch.compile(model) if cfg.compile else model
-
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # Near-equal batches of about batch_size that use every sample each epoch (130 -> 65 + 65).
-        steps_per_epoch = max(1, round(n / cfg.batch_size))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch))
-        perm_gen = torch.Generator(device=dev).manual_seed(self.seed)  # shared by all ranks
-        aug_seed = int(np.random.SeedSequence([self.seed % 2**64, rank]).generate_state(1)[0])
-        aug_gen = torch.Generator(device=dev).manual_seed(aug_seed)  # own augmentations per rank
-
-        keys = ("loss", "loss_ss", "loss_sp", "loss_na")
-        history: dict[str, float] = {k: float("nan") for k in keys}
-        for epoch in range(1, cfg.epochs + 1):
-            self.net.train()
-            step_losses = []
-            perm = torch.randperm(n, generator=perm_gen, device=dev)
-            for batch in perm.tensor_split(steps_per_epoch):
-                idx = batch.tensor_split(world)[rank]
-                parts = self.loss(forward, images[idx], kind[idx], aug_gen)
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-                sched.step()
-                step_losses.append(torch.stack([parts[k].detach() for k in keys]))
-            means = torch.stack(step_losses).mean(0)
-            if distributed:
-                dist.all_reduce(means)
-                means /= world
-            lr = sched.get_last_lr()[0]
-            history = dict(zip(keys, means.tolist(), strict=True))  # the one host sync per epoch
-            if on_epoch is not None:
-                on_epoch(epoch, {**history, "lr": lr})
-
-        if distributed:  # BatchNorm running stats: take rank 0's, so every rank scores the same
-            for buf in self.net.buffers():
-                dist.broadcast(buf, src=0)
-        if not cfg.use_sp:  # k-NN bank (Sec. 4.4): the normal and unlabeled training samples
-            self.train_features = self._embed(images[kind != TrainSet.ANOMALY])
-        return {
-            "epochs": cfg.epochs,
-            "steps": cfg.epochs * steps_per_epoch,
-            "final_loss": history["loss"],
-            **{f"final_{k}": history[k] for k in keys[1:]},
-            "world_size": world,
-            "fit_seconds": time.perf_counter() - t0,
-        }
+    def finish(self, images: torch.Tensor, kind: torch.Tensor) -> None:
+        if not self.config.use_sp:  # k-NN bank (Sec. 4.4): the normal and unlabeled training samples
+            self.train_features = self.embed(images[kind != TrainSet.ANOMALY])
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, C, H, W) -> (N,) float: -Eq. (9), higher = more anomalous. Without S-P:
         minus the largest cosine similarity to the training features (k-NN with k = 1, CSI's)."""
-        if self.net is None:
-            raise RuntimeError("HSCL.score() called before fit()")
-        z = self._embed(images.to(self.device))
+        z = self.embed(images)
         if self.config.use_sp:
             s = normality(z, self.net.unit_prototypes())
         else:

@@ -45,10 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from methods.contrastive import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod
 from methods.csi import rotation_loss
+from methods.losses import view_partner
 from methods.msc import feature_centre, mean_shifted_loss
 from methods.similarity import max_cosine
-from methods.training import QUICK_DIGITS, SMALL_CIFAR, ContrastiveConfig, ContrastiveMethod, view_partner
+from methods.trainer import from_rank0
 
 
 @dataclass(frozen=True)
@@ -57,25 +59,24 @@ class MILConvexConfig(ContrastiveConfig):
     {0, 90, 180, 270}, re-centring after 15 epochs); the values marked "choice" the paper leaves open."""
 
     knn: int = 10
-    """K of Eq. (2), neighbours within the batch (choice)"""
     abnormal_frac: float = 0.1
-    """share of the batch with the lowest scores that forms the abnormal candidate set S_a (Sec. 3.2.2)"""
+    """ADL's pseudo labels: K of Eq. (2), neighbours within the batch (choice); the share of the batch with
+    the lowest scores that forms the abnormal candidate set S_a (Sec. 3.2.2)"""
     tau_conv: float = 1.0
     """temperature of Eq. (6); the paper prints none, i.e. 1"""
     n_instances: int = 5
-    """C of Eq. (5), instances per convex representation (choice)"""
     bags: int = 256
-    """convex triplets (z_i+, z_j+, z_k-) per step (choice)"""
+    """C of Eq. (5), instances per convex representation, and convex triplets (z_i+, z_j+, z_k-) per step
+    (both choices)"""
     lambda_conv: float = 1.0
-    """weight of L_Conv in Eq. (10) (the paper: 1); 0 switches ADL off (Table 3)"""
     lambda_mean: float = 1.0
-    """lambda1 of Eq. (10) (choice)"""
     lambda_rot: float = 1.0
-    """lambda2 of Eq. (10) (choice); 0 trains without the rotation head"""
+    """Eq. (10)'s weights: of L_Conv (the paper: 1; 0 switches ADL off, Table 3), lambda1 of L_Mean and
+    lambda2 of L_Rot (choices; 0 trains without the rotation head)"""
     mean_shift: bool = True
-    """Table 3 "Mean-shifted": re-centre L_Mean's representation (Eq. 8) after mean_start_epoch"""
     mean_start_epoch: int = 15
-    """epochs with centre 0 before the re-centring starts (Sec. 4.1: 15)"""
+    """Table 3 "Mean-shifted": re-centre L_Mean's representation (Eq. 8) after the first mean_start_epoch
+    epochs, which keep centre 0 (Sec. 4.1: 15)"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class MILConvex(ContrastiveMethod):
     def start_epoch(self, epoch: int, images: torch.Tensor) -> None:
         cfg = self.config
         if cfg.mean_shift and epoch > cfg.mean_start_epoch:
-            self.centre = self.from_rank0(feature_centre(self.features(images)[1]))
+            self.centre = from_rank0(feature_centre(self.features(images)[1]))
         else:
             self.centre = torch.zeros(cfg.proj_dim or self.net.encoder.out_dim, device=self.device)
 
@@ -192,7 +193,7 @@ class MILConvex(ContrastiveMethod):
         loss = cfg.lambda_conv * loss_conv + cfg.lambda_mean * loss_mean + cfg.lambda_rot * loss_rot  # Eq. (10)
         return {"loss": loss, "loss_conv": loss_conv, "loss_mean": loss_mean, "loss_rot": loss_rot}
 
-    def finish(self, images: torch.Tensor) -> None:
+    def finish(self, images: torch.Tensor, kind: torch.Tensor) -> None:
         self.bank = F.normalize(self.features(images)[1], dim=1)
 
     @torch.no_grad()

@@ -37,9 +37,9 @@ from methods.registry import METHODS, get_method
 from orchestrator.cli import Parser, UserError, fail, parse_overrides
 from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.data.splits import SplitError
-from orchestrator.planner import Request, plan
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.grid.trial import Trial, key_of
+from orchestrator.planner import Request, plan
 
 KINDS = {"float", "int", "log", "categorical"}
 FIELDS = {"type", "low", "high", "step", "choices", "condition"}

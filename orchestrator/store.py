@@ -93,6 +93,10 @@ SCHEMA = pa.schema(
 
 
 def _normalise(row: dict) -> dict:
+    """A row as the schema's columns; a key the schema has no column for is a bug, never silently dropped."""
+    unknown = sorted(set(row) - set(SCHEMA.names))
+    if unknown:
+        raise ValueError(f"the result store has no column for {unknown}: add it to SCHEMA or drop it")
     out = {name: row.get(name) for name in SCHEMA.names}
     for name in ("params", "config", "auroc_per_class", "extra"):
         if out[name] is not None and not isinstance(out[name], str):

@@ -43,9 +43,9 @@ from orchestrator.cli import (
 )
 from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.data.splits import SplitError
-from orchestrator.planner import Request, plan
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.grid.trial import Trial
+from orchestrator.planner import Request, plan
 from orchestrator.report.tables import print_table, row_order
 from orchestrator.runner import Context
 from orchestrator.store import ResultStore, scores_uri_for, write_manifest

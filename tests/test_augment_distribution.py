@@ -179,15 +179,6 @@ def test_rotated_views_share_their_crop():
 # ---- bf16 autocast vs fp32: the HSCL loss and a few training steps ----------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads make the ResNet steps erratic (3 s to 25 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _smooth_images(n: int, seed: int) -> torch.Tensor:
     """CIFAR-sized uint8 images with structure (upsampled 4x4 noise), not white noise."""
     g = torch.Generator().manual_seed(seed)
@@ -202,7 +193,7 @@ def _train_steps(bf16: bool, net: str, steps: int, batch: int) -> list[dict[str,
     kind = torch.zeros(64, dtype=torch.int8)
     kind[:6], kind[6:12] = TrainSet.ANOMALY, TrainSet.NORMAL
     m = HSCL(HSCLConfig(net=net, batch_size=batch), torch.device("cpu"), seed=0)
-    m.net = m._build_net(3)
+    m.net = m.build_net(3)
     opt = torch.optim.Adam(m.net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     order = torch.randperm(64, generator=torch.Generator().manual_seed(2))
@@ -221,13 +212,14 @@ def _train_steps(bf16: bool, net: str, steps: int, batch: int) -> list[dict[str,
 
 def test_cpu_autocast_really_runs_bf16():
     m = HSCL(HSCLConfig(net="resnet18"), torch.device("cpu"), seed=0)
-    net = m._build_net(3)
+    net = m.build_net(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert net.encoder(torch.rand(2, 3, SIDE, SIDE)).dtype == torch.bfloat16
         assert net(torch.rand(2, 3, SIDE, SIDE)).dtype == torch.float32  # z is float32 for the losses
 
 
-@pytest.mark.parametrize("net, batch", [("resnet18", 4), ("cnn_small", 8)])
+@pytest.mark.parametrize("net, batch", [pytest.param("resnet18", 4, marks=pytest.mark.slow),  # 10-19 s
+                                        ("cnn_small", 8)])
 def test_bf16_and_fp32_losses_stay_close(net, batch, one_thread):
     # Same seed, same batches, same augmentation draws; 4 Adam steps, so the weights drift apart too.
     fp32 = _train_steps(False, net, steps=4, batch=batch)

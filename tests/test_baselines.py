@@ -1,7 +1,7 @@
 """The baselines of HSCL's Tables 1-2 (OC-SVM, Isolation Forest, KDE, Deep SVDD, Deep SAD) and the
 switches of HSCL's Table 5 ablation: real digits, real splits, one CPU thread, as a quick trial runs.
 
-Grid points go through `run_trial`, the runner's own path (split, fit, score, AUROCs), without Ray.
+Grid points go through the one_class experiment, the runner's own path (split, fit, score, AUROCs), without Ray.
 """
 
 from __future__ import annotations
@@ -18,25 +18,22 @@ from methods.deepsad import DeepSAD
 from methods.deepsvdd import DeepSVDD, strip_biases
 from methods.hscl import HSCL
 from methods.registry import METHODS
-from orchestrator.data.datasets import load_dataset
-from orchestrator.runner import run_trial, split_for
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, Scenario, expand
+from orchestrator.data.datasets import DataSource, load_dataset
+from orchestrator.experiments import one_class
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS, Scenario
+from orchestrator.grid.trial import Trial
+from orchestrator.planner import expand
 
 BASELINES = ("ocsvm", "iforest", "kde", "deepsvdd", "deepsad")
 UNSUPERVISED = ("ocsvm", "iforest", "kde", "deepsvdd")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A quick-profile trial runs on one CPU thread; so do these tests (and their timings)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# A quick-profile trial runs on one CPU thread; so do these tests (and their timings).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trial(method: str, normal: int, known: int, seed: int = 0, gamma_p: float = 0.05, gamma_l: float = 0.05,
-          **overrides) -> dict:
+          **overrides) -> Trial:
     """One Scenario-2 grid point on digits in the quick profile, as the sweep builds it."""
     point = Scenario(name="test", description="", methods=(method,), gamma_p=(gamma_p,), gamma_l=(gamma_l,))
     (t,) = expand(point, PROFILES["quick"], methods=[method], seeds=[seed], num_classes=10,
@@ -44,14 +41,9 @@ def trial(method: str, normal: int, known: int, seed: int = 0, gamma_p: float = 
     return t
 
 
-def train_set(t: dict) -> TrainSet:
-    """The TrainSet run_trial hands to fit for grid point t."""
-    data = load_dataset(t["dataset"])
-    split = split_for(t, data.train_labels.numpy(), data.num_classes)
-    parts = [split.unlabeled, split.labeled_normal, split.labeled_anomaly]
-    index = torch.from_numpy(np.concatenate(parts)).long()
-    kind = torch.cat([torch.full((len(p),), k, dtype=torch.int8) for p, k in zip(parts, (0, 1, -1), strict=True)])
-    return TrainSet(data.train_images[index], kind)
+def train_set(t: Trial) -> TrainSet:
+    """The TrainSet the one_class experiment hands to fit for grid point t."""
+    return one_class.training_set(t, DataSource())[0]
 
 
 def build(name: str, seed: int = 0, **overrides):
@@ -65,7 +57,7 @@ def build(name: str, seed: int = 0, **overrides):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_beats_chance_on_digits(name):
-    rows = [run_trial(trial(name, n, a), device=torch.device("cpu")) for n, a in [(0, 1), (4, 9), (7, 2)]]
+    rows = [one_class.run(trial(name, n, a), DataSource()) for n, a in [(0, 1), (4, 9), (7, 2)]]
     pooled = [r["auroc_pooled"] for r in rows]
     seconds = [r["train_seconds"] + r["score_seconds"] for r in rows]
     print(f"{name}: AUROC pooled {np.round(pooled, 3)} val {[round(r.get('auroc_val', np.nan), 3) for r in rows]}"
@@ -143,8 +135,8 @@ def test_deep_sad_with_labeled_anomalies_beats_deep_svdd_without():
     sad, svdd = [], []
     for normal, known in [(3, 5), (4, 9), (7, 9), (9, 3)]:
         for seed in (0, 1):
-            sad.append(run_trial(trial("deepsad", normal, known, seed), device=torch.device("cpu")))
-            svdd.append(run_trial(trial("deepsvdd", normal, known, seed), device=torch.device("cpu")))
+            sad.append(one_class.run(trial("deepsad", normal, known, seed), DataSource()))
+            svdd.append(one_class.run(trial("deepsvdd", normal, known, seed), DataSource()))
     k_sad, k_svdd = [r["auroc_known"] for r in sad], [r["auroc_known"] for r in svdd]
     print(f"known-class AUROC Deep SAD {np.mean(k_sad):.3f} Deep SVDD {np.mean(k_svdd):.3f}; pooled "
           f"{np.mean([r['auroc_pooled'] for r in sad]):.3f} vs {np.mean([r['auroc_pooled'] for r in svdd]):.3f}")
@@ -188,12 +180,12 @@ def hscl(variant: str, **overrides) -> HSCL:
 def one_step(variant: str, x: torch.Tensor, kind: torch.Tensor) -> tuple[HSCL, dict]:
     """Build the net from seed 0 and compute one Eq. (8) loss (same views for every variant) plus its gradients."""
     m = hscl(variant)
-    m.net = m._build_net(x.shape[1])
+    m.net = m.build_net(x.shape[1])
     if m.net.prototypes is not None:
         # A random prototype can sit opposite every sample ([sim]_+ = 0 for all anomalies, so the
         # second term of Eq. (4) would vanish by chance): start it at the batch's mean embedding.
         with torch.no_grad():
-            m.net.prototypes.copy_(m._embed(x).mean(0, keepdim=True).T)
+            m.net.prototypes.copy_(m.embed(x).mean(0, keepdim=True).T)
     m.net.train()
     parts = m.loss(m.net, x, kind, torch.Generator().manual_seed(0))
     parts["loss"].backward()
@@ -206,11 +198,7 @@ def small_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return train.images[idx], train.kind[idx]
 
 
-def test_ablation_variants_are_table_5():
-    assert list(ABLATION) == ["w/o S-S", "w/o S-P", "w/o N-A", "w/o pos in S-P", "w/o neg in S-P", "full"]
-    assert ABLATION["full"] == {}
-
-
+# Which switch each variant turns off, in Table 5's order: tests/test_grid.py (one place).
 def test_each_ablation_switch_changes_the_loss():
     x, kind = small_batch()
     full_m, full = one_step("full", x, kind)

@@ -24,33 +24,26 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from scipy import stats
 
+from methods.augment import eval_views, gaussian_blur, simclr_views
 from methods.base import TrainSet
 from methods.cadet import (
-    LARS,
     CADet,
     CADetConfig,
     CADetNet,
-    build_backbone,
     calibrated_p_values,
     calibration_sizes,
-    contrastive_loss,
-    cosine_kernel,
     equalising_gamma,
-    eval_views,
-    gaussian_blur,
     in_out_similarities,
-    mmd_cc_null,
-    mmd_cc_test,
-    mmd_test,
-    mmd_u2,
-    mmd_u2_split,
-    random_orders,
-    train_views,
 )
-from methods.training import nt_xent, view_partner
-from orchestrator import cadet_experiments as ce
-from orchestrator.data.datasets import load_dataset
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
+from methods.losses import contrastive_loss, nt_xent, view_partner
+from methods.mmd import cosine_kernel, mmd_cc_null, mmd_cc_test, mmd_test, mmd_u2, mmd_u2_split, random_orders
+from methods.networks import build_backbone
+from methods.optim import LARS
+from orchestrator.data.datasets import DataSource, load_dataset
+from orchestrator.experiments import adversarial, attacks, cadet_setup, two_sample
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.grid.trial import Trial
+from orchestrator.planner import expand
 from orchestrator.search import load_space
 from tests.conftest import SHARED_DATA
 
@@ -244,9 +237,10 @@ def test_backbones_and_user_weights(tmp_path):
 def test_augmentations():
     g = torch.Generator().manual_seed(6)
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
-    cfg = CADetConfig(blur_p=1.0)
-    v = train_views(x, cfg, torch.Generator().manual_seed(0))
-    assert v.shape == (8, 3, 32, 32) and torch.equal(v, train_views(x, cfg, torch.Generator().manual_seed(0)))
+    t_train = {"jitter": CADetConfig.jitter, "blur_p": 1.0}  # CADet's T_train, always blurred
+    v = simclr_views(x, generator=torch.Generator().manual_seed(0), **t_train)
+    assert v.shape == (8, 3, 32, 32)
+    assert torch.equal(v, simclr_views(x, generator=torch.Generator().manual_seed(0), **t_train))
     flat = torch.full((2, 3, 32, 32), 0.3)
     assert torch.allclose(gaussian_blur(flat, 1.0, g), flat, atol=1e-6)  # a blur keeps a constant image
     noisy = torch.rand(2, 3, 32, 32, generator=g)
@@ -295,16 +289,16 @@ def test_two_worker_ddp_pretraining_agrees_on_the_weights(tmp_path, digits):
 
 
 def test_each_attack_raises_the_classifiers_error(digits):
-    s = ce.SETTINGS["quick"]
+    s = cadet_setup.SETTINGS["quick"]
     keep = digits.train_labels < 5
-    clf, _ = ce.train_classifier(digits.train_images[keep], digits.train_labels[keep], 5, s, 0, CPU)
+    clf, _ = cadet_setup.train_classifier(digits.train_images[keep], digits.train_labels[keep], 5, s, 0, CPU)
     test = digits.test_labels < 5
     x, y = digits.test_images[test].float() / 255, digits.test_labels[test]
-    clean_error = (ce.predict(clf, x) != y).float().mean().item()
+    clean_error = (cadet_setup.predict(clf, x) != y).float().mean().item()
     assert clean_error < 0.05
     for name, rise in [("pgd", 0.1), ("cw", 0.2), ("fgsm", 0.3)]:
-        adv = ce.attack(name, clf, x, y, s, seed=0)
-        error = (ce.predict(clf, adv) != y).float().mean().item()
+        adv = attacks.attack(name, clf, x, y, s, seed=0)
+        error = (cadet_setup.predict(clf, adv) != y).float().mean().item()
         assert error > clean_error + rise, (name, clean_error, error)
         assert adv.min() >= 0 and adv.max() <= 1
         delta = (adv - x).flatten(1)
@@ -334,12 +328,10 @@ def mnist_imagefolder(root: Path, per_class: int = 30) -> Path:
     return root
 
 
-def small_trial(name: str, **axes) -> dict:
+def small_trial(name: str, **settings) -> Trial:
     trials = expand(SCENARIOS[name], PROFILES["quick"], seeds=[0], num_classes=10, dataset="digits",
                     overrides={"epochs": 8})
-    trial = trials[0]
-    trial["axes"] = {**trial["axes"], **axes}
-    return trial
+    return dataclasses.replace(trials[0], settings={**trials[0].settings, **settings})
 
 
 @pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="needs /work/shared/data/mnist-test")
@@ -348,7 +340,7 @@ def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
     tree = mnist_imagefolder(tmp_path / "mnist")
     trial = small_trial("twosample", sample_sizes=[5, 10], n_samplings=60, n_perm=99,
                         shifts=["unknown", "pgd", str(tree), str(tmp_path / "absent")])
-    out = ce.run_twosample(trial)
+    out = two_sample.run(trial, DataSource())
     rows = out["rows"]
     assert {r["test_dataset"] for r in rows} == {"unknown classes 5-9", "PGD", "mnist"}
     assert len(rows) == 3 * 2 * 2 and {r["variant"] for r in rows} == {"MMD + contrastive", "MMD-CC + contrastive"}
@@ -363,26 +355,22 @@ def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
 
 def test_adversarial_runner_rows(monkeypatch):
     trial = small_trial("adversarial", training="supervised", attacks=["fgsm"])
-    out = ce.run_adversarial(trial)
+    out = adversarial.run(trial, DataSource())
     assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"]
     for r in out["rows"]:
         assert r["test_dataset"] == "FGSM" and 0 <= r["auroc_pooled"] <= 1
         assert r["extra"]["attack_success_rate"] > 0.5 and r["extra"]["budget"]["eps"] == 0.25
-    assert ce.in_distribution(7, 5, 10) == [7, 8, 9, 0, 1]
+    assert cadet_setup.in_distribution(7, 5, 10) == [7, 8, 9, 0, 1]
 
 
-def test_scenarios_and_search_space():
-    for name in ("twosample", "adversarial"):
-        trials = expand(SCENARIOS[name], PROFILES["quick"], seeds=[0], num_classes=10)
-        assert len(trials) == 2 and {t["axes"]["training"] for t in trials} == {"contrastive", "supervised"}
-        assert all(t["runner"].startswith("orchestrator.cadet_experiments:") and t["normal_class"] == 0
-                   for t in trials)
+def test_cadet_runs_as_a_one_class_method_too_and_has_a_search_space():
     one_class = expand(SCENARIOS["contamination"], PROFILES["quick"], methods=["cadet"], seeds=[0], num_classes=10)
-    assert len(one_class) == 30 and "runner" not in one_class[0]
+    assert len(one_class) == 30 and {t.kind for t in one_class} == {"one_class"}
     space = load_space(str(ROOT / "search_spaces" / "cadet.yaml"))
     assert space["method"] == "cadet" and {"gamma_rule", "n_trs", "eval_crop_scale"} <= set(space["params"])
 
 
+@pytest.mark.slow  # 18 s; test_adversarial_runner_rows runs the same runner in-process
 def test_sweep_runs_the_adversarial_scenario_end_to_end(tmp_path):
     """Through Ray Tune + Train as a user runs it: 2 trials (contrastive, supervised), 9 rows each."""
     store = tmp_path / "results"

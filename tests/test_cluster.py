@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from orchestrator.results import connect
+from orchestrator.store import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,7 @@ def test_cluster_yaml_passes_rays_own_autoscaler_schema():
         validate_config(prepare_config(broken))
 
 
+@pytest.mark.slow  # 39 s: a three-node local Ray cluster
 def test_trials_spread_over_nodes_and_survive_a_killed_node(tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -107,6 +108,7 @@ def s3_server(monkeypatch):
     server.wait()
 
 
+@pytest.mark.slow  # 30 s: a sweep into a local S3 server
 def test_a_sweep_to_s3_reads_back_with_duckdb_and_pandas(s3_server):
     run = subprocess.run(sweep_cmd("--normal-classes", "0", "--anomaly-classes", "1", "--gamma-p", "0,0.1",
                                    "--storage", "s3://sweeps/adsweep/results", "--set", "epochs=3"),

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from methods.base import TrainSet
 from methods.hscl import (
     HSCL,
     draw,
-    info_nce_pairs,
     na_loss,
     normality,
     prototype_similarity,
     sample_weights,
     sampling_distribution,
     sp_terms,
-    warmup_cosine,
 )
+from methods.losses import nt_xent
+from tests.conftest import assert_two_ddp_ranks_agree, digits_70_30
 
 
 def unit(*degrees: float) -> torch.Tensor:
@@ -45,10 +41,10 @@ def test_ss_infonce_hand_checked():
     # a: positive a.b = 1, negatives a.c = a.d = 0 -> -log(e / (e + 2)) = log(1 + 2/e) = 0.5515 (b same)
     # c: positive c.d = -1, negatives 0, 0       -> -log(e^-1 / (e^-1 + 2)) = log(1 + 2e) = 1.8620 (d same)
     z = unit(0, 0, 90, -90)
-    loss = info_nce_pairs(z, torch.tensor([1, 0, 3, 2]), tau=1.0)
+    loss = nt_xent(z, torch.tensor([1, 0, 3, 2]), tau=1.0)
     assert loss.item() == pytest.approx((math.log(1 + 2 / math.e) + math.log(1 + 2 * math.e)) / 2)
     # tau = 0.5 doubles every logit: log(1 + 2e^-2) and log(1 + 2e^2).
-    loss = info_nce_pairs(z, torch.tensor([1, 0, 3, 2]), tau=0.5)
+    loss = nt_xent(z, torch.tensor([1, 0, 3, 2]), tau=0.5)
     assert loss.item() == pytest.approx((math.log(1 + 2 * math.e**-2) + math.log(1 + 2 * math.e**2)) / 2)
 
 
@@ -134,14 +130,6 @@ def test_eq9_normality_hand_checked():
     assert normality(unit(30, 180), V).tolist() == pytest.approx([math.cos(math.pi / 6), 0.0])
 
 
-def test_warmup_then_cosine():
-    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
-    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
-    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
-    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
-    assert warmup_cosine(99, 10, 100) < 0.01
-
-
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="net='vgg'"):
         HSCL.Config(net="vgg")
@@ -152,10 +140,7 @@ def test_config_refuses_bad_values():
 
 # ---- training on real data ----------------------------------------------------------------------
 
-_DIGITS = load_digits()
-_X = torch.tensor(np.round(_DIGITS.images * 255 / 16), dtype=torch.uint8)[:, None]  # (1797, 1, 8, 8)
-_X_TR, _X_TE, _Y_TR, _Y_TE = train_test_split(_X, _DIGITS.target, test_size=0.3, random_state=0,
-                                              stratify=_DIGITS.target)
+_X_TR, _X_TE, _Y_TR, _Y_TE = digits_70_30()
 
 
 def one_class_split(normal: int, anomaly: int, seed: int = 0):
@@ -204,7 +189,7 @@ def test_score_is_negated_eq9():
     train, test_x, _ = one_class_split(0, 1)
     m = quick(epochs=1)
     m.fit(train)
-    z = m._embed(test_x[:50])
+    z = m.embed(test_x[:50])
     expected = -normality(z, m.net.unit_prototypes())
     assert np.allclose(m.score(test_x[:50]), expected.detach().numpy())
 
@@ -218,43 +203,22 @@ def test_same_seed_same_scores():
     assert not np.array_equal(a.score(test_x), c.score(test_x))
 
 
-@pytest.mark.parametrize("switch", ["use_ss", "use_sp", "use_na", "sp_pos", "sp_neg"])
-def test_ablation_switches(switch):
+# What each Table 5 switch does to the loss and the trained weights: tests/test_baselines.py (one place).
+def test_without_prototypes_the_score_is_knn():
+    # w/o S-P: the k-NN score (Sec. 4.4) over the normal and unlabeled training images, so a training
+    # image is its own nearest neighbour (cosine 1, score -1).
     train, test_x, _ = one_class_split(2, 3)
-    m = quick(epochs=1, **{switch: False})
-    summary = m.fit(train)
-    assert np.isfinite(summary["final_loss"])
-    scores = m.score(test_x)
-    assert np.isfinite(scores).all()
-    if switch == "use_sp":  # k-NN score (Sec. 4.4): a training image is its own nearest neighbour
-        assert m.net.prototypes is None and summary["final_loss_sp"] == 0.0
-        own = m.score(train.images[train.kind >= 0][:20])
-        assert np.allclose(own, -1.0, atol=1e-5)
-    if switch == "use_na":
-        assert summary["final_loss_na"] == 0.0
-
-
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, images, kind):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        m = quick(epochs=2, batch_size=32)
-        summary = m.fit(TrainSet(images, kind))
-        torch.save({"state": m.net.state_dict(), "summary": summary, "scores": m.score(images[:40])},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    m = quick(epochs=1, use_sp=False)
+    m.fit(train)
+    assert np.isfinite(m.score(test_x)).all()
+    own = m.score(train.images[train.kind >= 0][:20])
+    assert np.allclose(own, -1.0, atol=1e-5)
 
 
 def test_ddp_two_ranks_stay_identical(tmp_path):
     train, _, _ = one_class_split(7, 2)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), train.images, train.kind), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert r0["summary"]["world_size"] == 2
-    assert r0["summary"]["final_loss"] == r1["summary"]["final_loss"]  # all-reduced epoch loss
-    for name, t in r0["state"].items():  # parameters and BatchNorm buffers
-        assert torch.equal(t, r1["state"][name]), name
-    assert np.array_equal(r0["scores"], r1["scores"])
+    r0 = assert_two_ddp_ranks_agree(tmp_path, functools.partial(quick, epochs=2, batch_size=32),
+                                    train.images, train.kind)
     # And the ranks did train: the weights moved away from the seed's initialisation.
-    init = quick()._build_net(1).state_dict()
+    init = quick().build_net(1).state_dict()
     assert not torch.equal(init["head.2.weight"], r0["state"]["head.2.weight"])

@@ -96,6 +96,7 @@ def test_small_profile_trains_one_step_on_cifar(name, cifar):
     assert scores.shape == (50,) and np.isfinite(scores).all() and np.ptp(scores) > 0
 
 
+@pytest.mark.slow  # 19 s: a small-profile sweep trial on a CIFAR-10 tree
 def test_small_profile_sweep_trial_on_cifar_tree(cifar_tree, tmp_path):
     """One real trial of the small profile through the sweep CLI and Ray, on a CIFAR ImageFolder tree."""
     store = tmp_path / "results"
@@ -191,6 +192,7 @@ def test_the_store_is_named_relative_to_the_repository_when_inside_it(tmp_path):
     assert shown_path("s3://bucket/results") == "s3://bucket/results"
 
 
+@pytest.mark.slow  # 88 s: the reproduction script's sweeps and report
 def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_path):
     store, doc, again = tmp_path / "results", tmp_path / "reproduction.md", tmp_path / "again.md"
     run = subprocess.run(

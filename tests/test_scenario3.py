@@ -61,6 +61,7 @@ def test_images_convert_to_the_normal_shape():
     assert back.shape == (2, 1, 8, 8) and (back == 200).all()
 
 
+@pytest.mark.slow  # 28 s: a Scenario-3 sweep
 def test_scenario3_trains_once_and_writes_one_row_per_test_dataset(trees, tmp_path):
     store = tmp_path / "results"
     run = subprocess.run(

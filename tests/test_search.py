@@ -12,8 +12,8 @@ import yaml
 
 import orchestrator.data.datasets as datasets
 from orchestrator.data.datasets import load_dataset
-from orchestrator.grid.planner import expand
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.planner import expand
 from orchestrator.search import SpaceError, load_space, search_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,7 @@ def test_a_search_trial_never_reads_the_test_split(monkeypatch):
     assert [r["step"] for r in reports] == [2, 4, 6, 8]
 
 
+@pytest.mark.slow  # 88 s: a whole Ray Tune + Optuna search, then a sweep
 def test_a_tiny_search_improves_on_its_worst_trial_and_its_best_params_run_as_a_sweep(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"method": "hscl", "params": {

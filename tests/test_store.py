@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import duckdb
 import pandas as pd
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from orchestrator.store import ResultStore
 
@@ -65,10 +66,25 @@ def test_a_writer_killed_mid_write_leaves_only_whole_files(tmp_path):
             store.write(_row("k1", auroc=i / 1e6, error="x" * 100_000))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    row_file = ResultStore(tmp_path).path_for(_row("k1"))
+
+    def rewrites_on_disk() -> int:  # write i stores auroc i / 1e6
+        if not os.path.exists(row_file):
+            return 0
+        return round(pq.read_table(row_file, columns=["auroc_pooled"])["auroc_pooled"][0].as_py() * 1e6)
+
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        # Kill it well into its loop (its row already replaced a few times) while a write is under way
+        # (its temp file is on disk).
+        deadline = time.monotonic() + 60
+        while not (rewrites_on_disk() >= 3 and any(tmp_path.rglob(".k1.*.tmp"))):
+            assert proc.poll() is None, "the writer exited before it was killed"
+            assert time.monotonic() < deadline, f"the writer rewrote its row {rewrites_on_disk()} times in 60 s"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     # Whatever was caught mid-write is a hidden temp file that no reader sees.
     assert pd.read_parquet(tmp_path).shape[0] == 1
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path}/**/*.parquet')").fetchall()[0][0] == 1

@@ -1,5 +1,6 @@
 """The sweep end to end, as a user runs it: real Ray Tune + Train, real digits, real Parquet files."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import psutil
 import pytest
 
 from orchestrator.data.datasets import load_dataset
-from orchestrator.grid.planner import expand
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.planner import expand
 from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,18 @@ def expected_keys(normal, anomaly, overrides=None):
 
 def result_files(store: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
+
+
+def processes_with(env: dict[str, str]) -> list[psutil.Process]:
+    """The live processes (zombies do not count) whose environment holds all of `env`."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and env.items() <= p.environ().items():
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
 
 
 def test_sweep_writes_exactly_the_grid_and_a_rerun_writes_nothing(tmp_path):
@@ -72,7 +86,9 @@ def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
     args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST]
     # Kill the driver and every process it started (its session) once two trials are saved.
     cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT,
+    # Every process of this sweep (the driver, Ray's daemons, trial workers) inherits this marker.
+    marker = {"ADSWEEP_TEST_SWEEP": str(tmp_path)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **marker},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while len(result_files(store)) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -80,8 +96,17 @@ def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     # Trial processes that Ray started outside the driver's process group notice their dead raylet
-    # and exit within a few seconds; a trial finishing in that window may still save its row.
-    time.sleep(5)
+    # and exit within a few seconds; a trial finishing in that window may still save its row. The
+    # store is final once none of the sweep's processes is left.
+    deadline = time.monotonic() + 120
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    names = []
+    for p in left:  # not to leak them into the next tests
+        with contextlib.suppress(psutil.Error):
+            names.append(p.name())
+            p.kill()
+    assert not left, f"still running 120 s after the sweep was killed: {names}"
     saved = result_files(store)
     assert 2 <= len(saved) < 12
 
@@ -153,6 +178,7 @@ def test_quick_default_dataset_is_digits():
     assert load_dataset(PROFILES["quick"].dataset).num_classes == 10
 
 
+@pytest.mark.slow  # 50 s; DDP itself stays in the fast tier (test_hscl, test_unsupervised_methods, test_cadet)
 def test_workers_run_a_trial_as_ddp_ray_train_workers(tmp_path):
     # Two Ray Train worker actors (gloo on CPU) train one grid point together.
     store = tmp_path / "results"

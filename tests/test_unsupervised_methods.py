@@ -13,22 +13,19 @@ falls) and rank anomalies, not that training helps; that needs the paper profile
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from methods.augment import shifted_views
 from methods.base import TrainSet
 from methods.csi import CSI, rotation_loss, s_con
+from methods.losses import nt_xent, view_partner
 from methods.milconvex import (
     MILConvex,
     abnormal_candidates,
@@ -39,10 +36,12 @@ from methods.milconvex import (
     simplex_weights,
 )
 from methods.msc import MSC, feature_centre, mean_shifted_loss, recentre
+from methods.optim import warmup_cosine
 from methods.similarity import max_cosine, topk_cosine
-from methods.training import lr_factor, nt_xent, view_partner
-from orchestrator.grid.scenarios import PROFILES, SCENARIOS, expand
 from orchestrator.data.splits import SplitSpec, make_split
+from orchestrator.grid.scenarios import PROFILES, SCENARIOS
+from orchestrator.planner import expand
+from tests.conftest import assert_two_ddp_ranks_agree, digits_70_30
 
 
 def unit(*degrees: float) -> torch.Tensor:
@@ -84,10 +83,14 @@ def test_similarity_scorer():
 
 
 def test_warmup_then_cosine():
-    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
-    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
-    assert lr_factor(0, 0, 100) == pytest.approx(1.0)
+    lr_factor = warmup_cosine(10, 100)  # (step, steps per epoch) -> multiplier; here 1 step per epoch
+    assert lr_factor(0, 1) == pytest.approx(0.1)
+    assert lr_factor(9, 1) == pytest.approx(1.0)
+    assert lr_factor(10, 1) == pytest.approx(1.0)
+    assert lr_factor(55, 1) == pytest.approx(0.5)
+    assert lr_factor(99, 1) < 0.01
+    assert warmup_cosine(0, 100)(0, 1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100)(55 * 3, 3) == pytest.approx(0.5)  # counted in steps of epochs
 
 
 # ---- MIL-convex: anomaly discriminative learning, Eq. (1)-(6) ----------------------------------------
@@ -205,24 +208,21 @@ def test_exact_gamma_when_it_is_whole():
     assert split.n_pollution == 100 and len(split.unlabeled) == 5000  # 100 / 5,000 = 0.02 exactly
 
 
-def test_contamination_scenarios_expand():
+def test_milconvex_scenarios_use_no_labels_and_table_3_switches_its_parts():
+    """(Their grid sizes are in tests/test_grid.py's table.)"""
     trials = expand(SCENARIOS["contamination"], PROFILES["quick"], num_classes=10)
-    assert len(trials) == 3 * 3 * 10  # methods x gamma x normal class, one seed
-    assert {t["anomaly_class"] for t in trials} == {None} and {t["gamma_l"] for t in trials} == {0.0}
-    assert sorted({t["gamma_p"] for t in trials}) == [0.02, 0.05, 0.10]
+    assert {t.anomaly_class for t in trials} == {None} and {t.gamma_l for t in trials} == {0.0}
+    assert sorted({t.gamma_p for t in trials}) == [0.02, 0.05, 0.10]
     abl = expand(SCENARIOS["milconvex-ablation"], PROFILES["quick"], num_classes=10)
-    assert len(abl) == 4 * 10 and {t["gamma_p"] for t in abl} == {0.05}
-    by_variant = {t["variant"]: t["params"] for t in abl}
+    assert {t.gamma_p for t in abl} == {0.05}
+    by_variant = {t.variant: t.params for t in abl}
     assert by_variant["Rot"]["lambda_conv"] == 0.0 and by_variant["Rot"]["mean_shift"] is False
     assert by_variant["all"]["lambda_conv"] == 1.0 and by_variant["all"]["mean_shift"] is True
 
 
 # ---- training on real data --------------------------------------------------------------------------
 
-_DIGITS = load_digits()
-_X = torch.tensor(np.round(_DIGITS.images * 255 / 16), dtype=torch.uint8)[:, None]  # (1797, 1, 8, 8)
-_X_TR, _X_TE, _Y_TR, _Y_TE = train_test_split(_X, _DIGITS.target, test_size=0.3, random_state=0,
-                                              stratify=_DIGITS.target)
+_X_TR, _X_TE, _Y_TR, _Y_TE = digits_70_30()
 METHODS = {"milconvex": MILConvex, "csi": CSI, "msc": MSC}
 
 
@@ -341,24 +341,8 @@ def test_csi_score_modes_and_msc_knn():
     assert np.allclose(msc.score(train.images[:20]), 0.0, atol=1e-5)
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, images, kind):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        m = quick("milconvex", epochs=2, batch_size=32, mean_start_epoch=1, bags=16)
-        summary = m.fit(TrainSet(images, kind))
-        torch.save({"state": m.net.state_dict(), "summary": summary, "scores": m.score(images[:40])},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_two_ranks_stay_identical(tmp_path):
     # The shared fit loop under DDP, with MIL-convex's per-epoch centre and per-rank ADL sampling.
     train, _, _ = contaminated_split(7)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), train.images, train.kind), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert r0["summary"]["world_size"] == 2 and r0["summary"]["final_loss"] == r1["summary"]["final_loss"]
-    for name, t in r0["state"].items():
-        assert torch.equal(t, r1["state"][name]), name
-    assert np.array_equal(r0["scores"], r1["scores"])
+    build = functools.partial(quick, "milconvex", epochs=2, batch_size=32, mean_start_epoch=1, bags=16)
+    assert_two_ddp_ranks_agree(tmp_path, build, train.images, train.kind)

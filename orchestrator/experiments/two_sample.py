@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from methods.mmd import cosine_kernel, mmd_cc_null, mmd_test, mmd_u2, permutation_p_value
 
 from methods.augment import to_float
+from methods.mmd import cosine_kernel, mmd_cc_null, mmd_test, mmd_u2, permutation_p_value
 from orchestrator.data.datasets import DatasetError, DataSource, to_shape
 from orchestrator.data.splits import stable_seed
 from orchestrator.experiments.attacks import attack

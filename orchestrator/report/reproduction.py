@@ -175,7 +175,10 @@ def wall_minutes(rows: pd.DataFrame) -> float:
 
 def setup_lines(rows: pd.DataFrame, profile: str, spec: dict) -> list[str]:
     """Profile and datasets, the training settings of `spec.methods`, the split, devices and code."""
-    out = [f"- Profile `{profile}`; dataset(s): {', '.join(f'`{d}`' for d in sorted(rows['dataset'].unique()))}."]
+    # Rows written before datasets were stored by name hold the folder they were read from: show its name.
+    names = sorted({d if not d.startswith("imagefolder:") else "imagefolder:" + Path(d.split(":", 1)[1]).name
+                    for d in rows["dataset"].unique()})
+    out = [f"- Profile `{profile}`; dataset(s): {', '.join(f'`{d}`' for d in names)}."]
     for m in [m for m in spec["methods"] if m in set(rows["method"])]:
         params = json.loads(rows.loc[rows["method"] == m, "params"].iloc[0])
         out.append(f"- {m}: " + ", ".join(f"{k} {params[k]}" for k in spec["params"] if k in params) + ".")
