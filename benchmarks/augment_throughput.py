@@ -1,7 +1,7 @@
 """Batched on-device augmentation (methods/augment.py) vs torchvision.transforms.v2 per image in a DataLoader.
 
-    tar xzf /work/shared/data/cifar10-jpeg.tar.gz -C /tmp      # once: the real CIFAR-10 JPEGs
-    python benchmarks/augment_throughput.py [--data /tmp/cifar10-jpeg] [--repeats 3]
+    tar xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR       # once: the real CIFAR-10 JPEGs, into DIR/cifar10-jpeg
+    python benchmarks/augment_throughput.py --data-root DIR [--repeats 3]
 
 Both sides make HSCL's training input from the same 32x32 uint8 CIFAR-10 images (a slice of the
 training set, decoded once): per image two SimCLR views (random resized crop of 8-100% of the area,
@@ -127,7 +127,9 @@ def time_once(fn) -> tuple[float, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/tmp/cifar10-jpeg", help="CIFAR-10 ImageFolder tree (or 'cifar10')")
+    parser.add_argument("--data", default="cifar10-jpeg",
+                        help="CIFAR-10: an ImageFolder tree (a path, or a folder under --data-root) or 'cifar10'")
+    parser.add_argument("--data-root", default=None, help="the folder holding --data (default: the working folder)")
     parser.add_argument("--images", type=int, default=5000, help="slice of the training set our side passes over")
     parser.add_argument("--tv-images", type=int, default=1536, help="images per torchvision pass (it is slower)")
     parser.add_argument("--batch", type=int, default=256)
@@ -140,7 +142,7 @@ def main():
 
     from orchestrator.data.datasets import load_dataset
 
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, args.data_root)
     images = data.train_images[: args.images].contiguous()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

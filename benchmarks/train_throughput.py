@@ -1,7 +1,7 @@
 """Training throughput and model FLOP utilisation of HSCL's CIFAR ResNet-18 step, with and without each trick.
 
-    tar xzf /work/shared/data/cifar10-jpeg.tar.gz -C /tmp      # once: the real CIFAR-10 JPEGs
-    python benchmarks/train_throughput.py                       # CPU: 2-4 minutes on 2 shared cores
+    tar xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR       # once: the real CIFAR-10 JPEGs, into DIR/cifar10-jpeg
+    python benchmarks/train_throughput.py --data-root DIR       # CPU: 2-4 minutes on 2 shared cores
     python benchmarks/train_throughput.py --variants fp32,bf16 --batch 4 --steps 1
 
 One step is HSCL's own: `HSCL.loss` (two SimCLR views x 4 rotations of B uint8 images, ResNet-18 +
@@ -256,7 +256,9 @@ def count_flops(images, kind, batch, seed) -> tuple[int, dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/tmp/cifar10-jpeg", help="CIFAR-10 ImageFolder tree (or 'cifar10')")
+    parser.add_argument("--data", default="cifar10-jpeg",
+                        help="CIFAR-10: an ImageFolder tree (a path, or a folder under --data-root) or 'cifar10'")
+    parser.add_argument("--data-root", default=None, help="the folder holding --data (default: the working folder)")
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--net", default="resnet18", help="encoder: resnet18 (paper) or resnet18_narrow (small)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on CPU, 256 on GPU)")
@@ -283,7 +285,7 @@ def main():
 
     from orchestrator.data.datasets import load_dataset
 
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, args.data_root)
     images = data.train_images[: args.images].contiguous().to(dev)
     # A scenario2-like mix: 90% unlabeled, 5% labeled normal, 5% labeled anomaly.
     r = torch.rand(images.shape[0], generator=torch.Generator().manual_seed(0))

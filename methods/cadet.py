@@ -1,5 +1,5 @@
 """CADet: Fully Self-Supervised Anomaly Detection With Contrastive Learning (Guille-Escuret, Rodriguez,
-Vazquez, Mitliagkas, Monteiro; /work/shared/papers/004_fea3bd5cd4f38a35.txt).
+Vazquez, Mitliagkas, Monteiro; ../shared/papers/004_fea3bd5cd4f38a35.txt).
 
 Three parts, used by the `CADet` method below and by its experiments (orchestrator/experiments/):
 

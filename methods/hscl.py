@@ -1,5 +1,5 @@
 """HSCL: Hierarchical Semi-Supervised Contrastive Learning for Contamination-Resistant Anomaly Detection
-(Wang, Zhan, Wang, Song, Nahrstedt, ECCV 2022; /work/shared/papers/001_cf8c822604185d3a.txt).
+(Wang, Zhan, Wang, Song, Nahrstedt, ECCV 2022; ../shared/papers/001_cf8c822604185d3a.txt).
 
 One encoder f (ResNet-18 + projection head, unit-norm output z) and K learnable prototypes V are
 trained end to end on a contaminated set X = X_u (unlabeled) + X_n (labeled normal) + X_a (labeled

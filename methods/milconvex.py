@@ -1,5 +1,5 @@
 """MIL-convex: Learn Discrimination from Contaminated Data: Multi-Instance Learning with Convex
-Representation for Unsupervised Anomaly Detection (/work/shared/papers/000_ca2ee8b1e62c9e41.txt).
+Representation for Unsupervised Anomaly Detection (../shared/papers/000_ca2ee8b1e62c9e41.txt).
 
 One encoder f (ResNet-18 + projection head, unit-norm output z) is trained on an unlabeled training
 set contaminated with anomalies, with Eq. (10):

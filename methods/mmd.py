@@ -1,4 +1,4 @@
-"""CADet's two-sample tests (Guille-Escuret et al., CADet Sec. 4; /work/shared/papers/004_fea3bd5cd4f38a35.txt):
+"""CADet's two-sample tests (Guille-Escuret et al., CADet Sec. 4; ../shared/papers/004_fea3bd5cd4f38a35.txt):
 the unbiased MMD estimator with the cosine kernel, Eq. (4), the permutation p-value
 (1 + #{MMD_perm >= MMD}) / (n_perm + 1), and MMD-CC (Algorithm 1), whose null distribution comes from splits of
 two CLEAN samples S_P^(1) u S_P^(2).

@@ -1,6 +1,6 @@
 """MSC*: Mean-Shifted Contrastive Loss for Anomaly Detection (Reiss, Hoshen, 2021), trained from scratch
 as the MIL-convex paper's baseline MSC* (its Sec. 4.2: "we learn the encoder of MSC from scratch for a
-fair comparison"; /work/shared/papers/000_ca2ee8b1e62c9e41.txt, Eq. 7-8 restate the loss).
+fair comparison"; ../shared/papers/000_ca2ee8b1e62c9e41.txt, Eq. 7-8 restate the loss).
 
 Features f(x) are L2-normalised; c is the normalised mean of the training set's features. Training
 minimises, over 2 augmented views of each image,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# The real data beside the checkout (../shared/data, see its README); CI clones main with shared/ beside it.
-SHARED_DATA = next((p.resolve() for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
-                   ROOT.parent / "shared" / "data")
+# The real data beside the checkout (../shared/data, see its README); CI clones main with shared/ beside it. A
+# checkout elsewhere names it with ADSWEEP_SHARED_DATA.
+SHARED_DATA = Path(os.environ.get("ADSWEEP_SHARED_DATA") or ROOT.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")

@@ -334,7 +334,7 @@ def small_trial(name: str, **settings) -> Trial:
     return dataclasses.replace(trials[0], settings={**trials[0].settings, **settings})
 
 
-@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="needs /work/shared/data/mnist-test")
+@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="needs ../shared/data/mnist-test")
 def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("ADSWEEP_CACHE", str(tmp_path / "cache"))
     tree = mnist_imagefolder(tmp_path / "mnist")

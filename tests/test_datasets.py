@@ -1,6 +1,6 @@
 """orchestrator.data.datasets on real data: sklearn digits, the shared CIFAR-10 JPEG tree and MNIST test files.
 
-The shared files (see /work/shared/data/README.md) are absent on some machines; the tests that need
+The shared files (see ../shared/data/README.md) are absent on some machines; the tests that need
 them are skipped there. Nothing here downloads.
 """
 
