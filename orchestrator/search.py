@@ -6,7 +6,7 @@
 Each search trial is one Ray Tune trial: Optuna (TPE by default) proposes parameters, the trial
 trains the method on a few (normal, known anomaly) pairs of the scenario, one after another, and
 its objective is the mean AUROC on the *validation* part of the training data (``auroc_val``).
-The test split is never loaded into the computation: ``run_trial(..., evaluate_test=False)``.
+The test split is never loaded into the computation: ``one_class.run(..., evaluate_test=False)``.
 Per-epoch validation AUROCs go to Tune as they come, so ASHA stops poor trials early; the
 reported value at pair j, epoch e is the mean of the finished pairs' AUROCs and pair j's current
 one, so every trial reports comparable numbers at the same step.

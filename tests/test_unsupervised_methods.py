@@ -1,7 +1,7 @@
 """MIL-convex, CSI and MSC: their losses and scores on hand-computed inputs, the contamination split,
 the ablation switches, and training on real data (sklearn digits, CPU, one thread as a quick trial).
 
-Measured with the quick profile on the 2-core CI machine, one thread: a whole trial (runner.run_trial:
+Measured with the quick profile on the 2-core CI machine, one thread: a whole trial (the one_class experiment,
 fit, score the 599 test and the validation images) takes about 2.1 s (milconvex), 1.8 s (csi) and
 1.0 s (msc). test_beats_chance_on_digits (normal classes 2, 5, 8; gamma 0.10; seed 0) saw AUROCs
 milconvex 0.96 0.83 0.91, csi 0.88 0.91 0.75, msc 0.95 0.95 0.84. Caveat: on these 8x8 digits an

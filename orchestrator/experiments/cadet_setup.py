@@ -63,21 +63,24 @@ class Settings:
     pgd_eps: float = 0.02
     pgd_step: float = 0.002
     pgd_steps: int = 50
+    """PGD: L_inf budget, step and steps"""
     cw_l2: float = 0.10
     cw_lr: float = 0.03
     cw_steps: int = 50
     cw_c: float = 1.0
-    """CW's trade-off constant c (fixed: no binary search)"""
     cw_kappa: float = 0.0
+    """CW: L2 budget, Adam's learning rate and steps, the trade-off constant c (fixed: no binary search), kappa"""
     fgsm_eps: float = 0.05
     clf_net: str = "cnn_small"
     clf_epochs: int = 30
     clf_batch_size: int = 64
+    """the classifier: its encoder, epochs and batch"""
     clf_optimizer: str = "adam"
     clf_lr: float = 1e-3
     clf_weight_decay: float = 0.0
     clf_crop_scale_min: float = 1.0
-    """classifier training crops (area fraction in [this, 1]) and flips when < 1; 1 = no augmentation"""
+    """its optimiser, learning rate (cosine to 0), weight decay, and training crops (area fraction in [this,
+    1]) with flips when < 1 (1 = no augmentation)"""
     chunk: int = 250
     """samplings per batched computation (memory: chunk x n_perm x 2n floats)"""
     training: str = "contrastive"
