@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     scenarios = args.scenarios.split(",") if args.scenarios else None
     a, b = ok_rows(args.before, scenarios), ok_rows(args.after, scenarios)
-    pairs = a.set_index(POINT)[[args.metric]].join(b.set_index(POINT)[[args.metric]], how="inner",
-                                                   lsuffix="_before", rsuffix="_after").reset_index()
+    pairs = a[[*POINT, args.metric]].merge(b[[*POINT, args.metric]], on=POINT, how="inner",
+                                           suffixes=("_before", "_after"))
     lines = []
     for (scenario, variant), g in pairs.groupby(["scenario", "variant"], sort=True):
         x, y = g[f"{args.metric}_before"].to_numpy(), g[f"{args.metric}_after"].to_numpy()
