@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 
 from pyarrow import ArrowException
 
+from methods.registry import METHODS
 from orchestrator.cli import (
     Parser,
     UserError,
@@ -118,8 +119,6 @@ def request_from(args: argparse.Namespace) -> Request:
     if args.scenario not in SCENARIOS:
         raise UserError(f"unknown scenario '{args.scenario}'; choose from: {', '.join(SCENARIOS)}")
     methods = args.methods or list(SCENARIOS[args.scenario].methods)
-    from methods.registry import METHODS
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}'; known methods: {', '.join(METHODS)}")
