@@ -6,19 +6,21 @@ OneClassSVM with a Gaussian kernel on flattened pixels in [0, 1], after a PCA th
 
     score(x) = -(w . phi(x) - rho)          (higher = more anomalous)
 
-The model is unsupervised: it is fitted on every training image, labeled ones included, labels
-ignored. nu and the kernel scale gamma are hyper-parameters the papers choose on labeled data
-(Deep SAD on 10% of the test set); here they are chosen on a validation part carved from the
-TRAINING set only, since the method sees nothing else:
+The fitted model is unsupervised: labels never enter the OC-SVM objective. nu and the kernel scale
+gamma are hyper-parameters the papers choose on labeled data (Deep SAD on 10% of the test set); here
+they are chosen on a validation part carved from the TRAINING set only, since the method sees nothing
+else:
 
     negatives: a random `holdout` fraction of the unlabeled and labeled-normal images
     positives: the labeled anomalies
     each (nu, gamma) candidate is fitted on the remaining unlabeled / labeled-normal images and
-    ranked by AUROC on that part; the best is then refitted on all training images.
+    ranked by AUROC on that part; the best is then refitted on all unlabeled / labeled-normal images.
 
-So labels serve model selection only, never the fitted model (hence uses_labels = False; the row
-still records it). Without labeled anomalies (gamma_l = 0) nothing can be ranked and the middle
-candidate of each list is used (nu 0.1, gamma 1 x 'scale').
+So labels choose the model and keep the known anomalies out of the final fit, as they are kept out
+of a label-free method's training set (Trial.labeled_anomalies = "dropped"): uses_labels = True, and
+its gamma_p = 0 column is a clean one-class fit like the papers'. Without labeled anomalies
+(gamma_l = 0) nothing can be ranked and the middle candidate of each list is used (nu 0.1, gamma
+1 x 'scale').
 
 gamma candidates are multiples of scikit-learn's 'scale' value 1 / (n_features * X.var()):
 Deep SAD's absolute grid {2^-7, ..., 2^2} belongs to its own preprocessing (global contrast
@@ -63,7 +65,7 @@ def candidates(text: str) -> list[float]:
 class OCSVM:
     name = "ocsvm"
     Config = OCSVMConfig
-    uses_labels = False  # labels choose nu / gamma only; see the module docstring
+    uses_labels = True  # labels choose nu / gamma and keep the known anomalies out of the fit (module docstring)
     # Both profiles are the same: a fit is milliseconds on digits. On CIFAR-10 (~5,000 images) the
     # 35 candidate fits take minutes on one core.
     profiles = {"quick": {}, "small": {}, "paper": {}}
@@ -104,10 +106,13 @@ class OCSVM:
 
     def fit(self, train: TrainSet, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
         t0 = time.perf_counter()
-        self.pca = pixel_pca(self.config.pca_variance, self.seed)
-        x = self.pca.fit_transform(flat_pixels(train.images))  # (N, d), d = components kept
-        nu, gamma, val_auroc = self.select(x, train.kind.cpu().numpy())
-        self.model = self._model(nu, gamma, x)  # the final model: every image, labels ignored
+        kind = train.kind.cpu().numpy()
+        pixels = flat_pixels(train.images)
+        self.pca = pixel_pca(self.config.pca_variance, self.seed).fit(pixels[kind != TrainSet.ANOMALY])
+        x = self.pca.transform(pixels)  # (N, d), d = components kept
+        nu, gamma, val_auroc = self.select(x, kind)
+        x = x[kind != TrainSet.ANOMALY]
+        self.model = self._model(nu, gamma, x)  # the final model: every image not labeled anomalous
         # "loss": the mean slack max(0, rho - w.phi(x)) of the training images, the data term of
         # the OC-SVM objective (a single fit has no epochs; we report it as epoch 1).
         loss = float(np.maximum(0.0, -self.model.decision_function(x)).mean())

@@ -57,6 +57,13 @@ def _known_classes(normal: int | None, anomalies: list[int], g_l: float, num_cla
     return [(normal + 1) % num_classes] if next_class else [a for a in anomalies if a != normal]
 
 
+def _labeled_anomalies(scenario: Scenario, method: str, g_l: float) -> str:
+    """What the method's training set does with the labeled anomalies (Trial.labeled_anomalies)."""
+    if g_l <= 0:
+        return "none"
+    return "used" if getattr(get_method(method), "uses_labels", True) else scenario.label_free_anomalies
+
+
 def expand(scenario: Scenario, profile: Profile, *, methods: list[str] | None = None, seeds=(0,),
            num_classes: int, dataset: str | None = None, normal_classes: list[int] | None = None,
            anomaly_classes: list[int] | str | None = None, overrides: dict | None = None,
@@ -91,14 +98,16 @@ def expand(scenario: Scenario, profile: Profile, *, methods: list[str] | None = 
                              scenario.gamma_l_normal or [None], gamma_p or scenario.gamma_p,
                              _axis_points(scenario.axes))
     for method, variant, seed, normal, g_l, g_ln, g_p, axis in grid:
+        g_ln = (scenario.gamma_l_normal_of or {}).get(method, g_l if g_ln is None else g_ln)
         for known in _known_classes(normal, anomalies, g_l, num_classes, next_class):
             trials.append(Trial(
                 kind=scenario.kind, scenario=scenario.name, profile=profile.name,
                 dataset=dataset or profile.dataset, method=method, variant=variant,
                 normal_class=None if normal is None else int(normal),
                 anomaly_class=None if known is None else int(known),
-                gamma_p=float(g_p), gamma_l=float(g_l), gamma_l_normal=float(g_l if g_ln is None else g_ln),
+                gamma_p=float(g_p), gamma_l=float(g_l), gamma_l_normal=float(g_ln),
                 val_fraction=float(val_fraction), seed=int(seed),
+                labeled_anomalies=_labeled_anomalies(scenario, method, g_l),
                 params={**params[method], **variants[variant]}, settings={**base_settings, **axis}))
     return trials
 

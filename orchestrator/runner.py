@@ -63,7 +63,7 @@ def base_row(trial: Trial, ctx: Context) -> dict:
     return {
         **{k: getattr(trial, k) for k in ("profile", "scenario", "method", "variant", "dataset", "normal_class",
                                           "anomaly_class", "gamma_l", "gamma_p", "gamma_l_normal", "val_fraction",
-                                          "seed", "params")},
+                                          "seed", "labeled_anomalies", "params")},
         "trial_key": trial.key,
         "config": trial.to_dict(),
         "uses_labels": bool(getattr(get_method(trial.method), "uses_labels", True)),

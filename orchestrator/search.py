@@ -167,7 +167,7 @@ def search_row(ctx: dict, params: dict, auroc_val: float | None, status: str, er
         "trial_key": key_of(config), "sweep": ctx["study"], "kind": "search", "experiment": first["kind"],
         "config": config, "params": full, "status": status, "error": error, "auroc_val": auroc_val,
         **{k: first[k] for k in ("profile", "scenario", "method", "dataset", "gamma_p", "gamma_l",
-                                 "gamma_l_normal", "val_fraction", "seed")},
+                                 "gamma_l_normal", "labeled_anomalies", "val_fraction", "seed")},
         "finished_at": datetime.now(timezone.utc),
     }
 

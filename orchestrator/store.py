@@ -53,6 +53,9 @@ SCHEMA = pa.schema(
         ("gamma_l", pa.float64()),
         ("gamma_p", pa.float64()),
         ("gamma_l_normal", pa.float64()),
+        # What the method's training set did with the labeled anomalies: used (a method that uses labels),
+        # dropped / unlabeled (a label-free method trained without them / with them as pollution), none.
+        ("labeled_anomalies", pa.string()),
         ("val_fraction", pa.float64()),
         ("seed", pa.int32()),
         ("params", pa.string()),  # the method's full config, JSON
@@ -73,6 +76,7 @@ SCHEMA = pa.schema(
         ("n_labeled_normal", pa.int32()),
         ("n_labeled_anomaly", pa.int32()),
         ("n_val", pa.int32()),
+        ("n_train", pa.int32()),  # images the method trained on (without the labeled anomalies it dropped)
         ("n_test", pa.int32()),
         ("epochs", pa.int32()),
         ("final_loss", pa.float64()),

@@ -25,7 +25,7 @@ from orchestrator.grid.trial import Trial
 from orchestrator.planner import expand
 
 BASELINES = ("ocsvm", "iforest", "kde", "deepsvdd", "deepsad")
-UNSUPERVISED = ("ocsvm", "iforest", "kde", "deepsvdd")
+UNSUPERVISED = ("iforest", "kde", "deepsvdd")
 
 
 # A quick-profile trial runs on one CPU thread; so do these tests (and their timings).
@@ -33,9 +33,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trial(method: str, normal: int, known: int, seed: int = 0, gamma_p: float = 0.05, gamma_l: float = 0.05,
-          **overrides) -> Trial:
+          label_free_anomalies: str = "dropped", **overrides) -> Trial:
     """One Scenario-2 grid point on digits in the quick profile, as the sweep builds it."""
-    point = Scenario(name="test", description="", methods=(method,), gamma_p=(gamma_p,), gamma_l=(gamma_l,))
+    point = Scenario(name="test", description="", methods=(method,), gamma_p=(gamma_p,), gamma_l=(gamma_l,),
+                     label_free_anomalies=label_free_anomalies)
     (t,) = expand(point, PROFILES["quick"], methods=[method], seeds=[seed], num_classes=10,
                   normal_classes=[normal], anomaly_classes=[known], overrides=overrides)
     return t
@@ -69,24 +70,38 @@ def test_baseline_beats_chance_on_digits(name):
 
 def test_uses_labels_is_declared():
     assert {n: METHODS[n].uses_labels for n in BASELINES} == {
-        "ocsvm": False, "iforest": False, "kde": False, "deepsvdd": False, "deepsad": True}
+        "ocsvm": True, "iforest": False, "kde": False, "deepsvdd": False, "deepsad": True}
 
 
 @pytest.mark.parametrize("name", UNSUPERVISED)
 def test_unsupervised_methods_ignore_the_labels(name):
-    train = train_set(trial(name, 3, 5))
+    # With the "unlabeled" rule the labeled anomalies stay in a label-free method's training set: its
+    # model must be the same whatever their labels say.
+    train = train_set(trial(name, 3, 5, label_free_anomalies="unlabeled"))
     assert (train.kind == TrainSet.ANOMALY).sum() > 0 and (train.kind == TrainSet.UNLABELED).sum() > 0
     unlabeled = TrainSet(train.images, torch.zeros_like(train.kind))
-    # OC-SVM uses labeled anomalies to choose nu and gamma only: with one candidate each, the
-    # fitted model cannot depend on the labels either.
-    overrides = {"nu": "0.1", "gamma": "1"} if name == "ocsvm" else {}
     test_x = load_dataset("digits").test_images[:200]
     scores = []
     for ts in (train, unlabeled):
-        m = build(name, **overrides)
+        m = build(name)
         m.fit(ts)
         scores.append(m.score(test_x))
     np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_ocsvm_final_fit_leaves_the_labeled_anomalies_out():
+    # One (nu, gamma) candidate: nothing to choose, so the labels only decide what the final fit sees.
+    train = train_set(trial("ocsvm", 3, 5))
+    assert (train.kind == TrainSet.ANOMALY).sum() > 0
+    normals_only = TrainSet(train.images[train.kind != TrainSet.ANOMALY], train.kind[train.kind != TrainSet.ANOMALY])
+    test_x = load_dataset("digits").test_images[:200]
+    scores = []
+    for ts in (train, normals_only, TrainSet(train.images, torch.zeros_like(train.kind))):
+        m = build("ocsvm", nu="0.1", gamma="1")
+        m.fit(ts)
+        scores.append(m.score(test_x))
+    np.testing.assert_array_equal(scores[0], scores[1])
+    assert not np.array_equal(scores[0], scores[2])  # the anomalies, if unlabeled, would change the model
 
 
 # ---- Deep SVDD / Deep SAD -------------------------------------------------------------------------
@@ -128,10 +143,11 @@ def test_deep_sad_without_labels_is_deep_svdd():
 def test_deep_sad_with_labeled_anomalies_beats_deep_svdd_without():
     """The relation the papers rely on (Deep SAD Fig. 4; HSCL Tables 1-2), on the same splits.
 
-    Measured here (quick profile, 8 hard digit pairs x 3 seeds, gamma_p = gamma_l = .05): against
-    the KNOWN anomaly class Deep SAD wins at every point (AUROC 0.994 vs 0.910 on average); pooled
-    over all anomaly classes the two are level on digits (0.954 vs 0.966), since Deep SVDD is
-    already near the ceiling there. So the test compares on the known class."""
+    Measured here (quick profile, 4 hard digit pairs x 2 seeds, gamma_p = gamma_l = .05): against
+    the KNOWN anomaly class Deep SAD wins (AUROC 0.997 vs 0.971 on average); pooled over all anomaly
+    classes the two are level on digits (0.973 vs 0.977), since Deep SVDD is already near the ceiling
+    there. So the test compares on the known class. (Before Deep SVDD dropped the labeled anomalies
+    from its training set, Trial.labeled_anomalies, it trained on them as normal data: 0.910.)"""
     sad, svdd = [], []
     for normal, known in [(3, 5), (4, 9), (7, 9), (9, 3)]:
         for seed in (0, 1):
@@ -141,7 +157,7 @@ def test_deep_sad_with_labeled_anomalies_beats_deep_svdd_without():
     print(f"known-class AUROC Deep SAD {np.mean(k_sad):.3f} Deep SVDD {np.mean(k_svdd):.3f}; pooled "
           f"{np.mean([r['auroc_pooled'] for r in sad]):.3f} vs {np.mean([r['auroc_pooled'] for r in svdd]):.3f}")
     assert all(s["n_labeled_anomaly"] > 0 for s in sad)
-    assert np.mean(k_sad) > np.mean(k_svdd) + 0.04
+    assert np.mean(k_sad) > np.mean(k_svdd) + 0.015
     assert sum(a > b for a, b in zip(k_sad, k_svdd, strict=True)) >= 7
 
 

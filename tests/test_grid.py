@@ -17,12 +17,13 @@ VARYING = ("kind", "method", "variant", "normal_class", "anomaly_class", "gamma_
 
 # scenario, expand() arguments, trials, {field: number of distinct values} for the fields above that vary
 GRIDS = [
-    ("scenario2", {}, 1890, {"method": 7, "normal_class": 10, "anomaly_class": 10, "gamma_p": 3}),
+    ("scenario2", {}, 1890, {"method": 7, "normal_class": 10, "anomaly_class": 10, "gamma_p": 3,
+                             "gamma_l_normal": 2}),  # Deep SAD: no labeled normals, the others at gamma_l
     ("scenario2", {"methods": ["hscl"], "anomaly_classes": "next"}, 30,
      {"normal_class": 10, "anomaly_class": 10, "gamma_p": 3}),
     ("scenario2", {"methods": ["hscl"], "normal_classes": [3], "gamma_l": [0.0]}, 3, {"gamma_p": 3}),
     ("scenario1", {}, 1890, {"method": 7, "normal_class": 10, "anomaly_class": 10, "gamma_l": 3,
-                             "gamma_l_normal": 3}),
+                             "gamma_l_normal": 4}),
     ("scenario1", {"methods": ["hscl"], "gamma_l": [0.0]}, 10, {"normal_class": 10}),
     ("hscl-ablation", {}, 540, {"variant": 6, "normal_class": 10, "anomaly_class": 10}),
     ("hscl-wdelta", {}, 63, {"variant": 7, "anomaly_class": 9}),
@@ -129,5 +130,7 @@ def test_a_variant_setting_an_unknown_parameter_is_refused():
 
 def test_scenario1_ties_labeled_normals_to_gamma_l_and_tables_list_the_papers_rows():
     trials = expand(SCENARIOS["scenario1"], QUICK, num_classes=10, normal_classes=[0], anomaly_classes=[1])
-    assert sorted({(t.gamma_l, t.gamma_l_normal) for t in trials}) == [(0.01, 0.01), (0.05, 0.05), (0.1, 0.1)]
+    labeled = sorted({(t.gamma_l, t.gamma_l_normal) for t in trials if t.method != "deepsad"})
+    assert labeled == [(0.01, 0.01), (0.05, 0.05), (0.1, 0.1)]
+    assert {t.gamma_l_normal for t in trials if t.method == "deepsad"} == {0.0}  # Deep SAD's own protocol
     assert list(SCENARIOS["scenario2"].methods) == TABLE_2 == [t.method for t in trials[::3]]

@@ -54,9 +54,11 @@ def run(trial: Trial, data: DataSource, on_epoch: Callable | None = None) -> dic
     other = rng.permutation(len(labeled.train_labels))
     check(trial, data)
     known = to_shape(labeled.train_images[torch.from_numpy(other[:n_known]).long()], shape)
+    if trial.labeled_anomalies == "dropped":  # a label-free method trains on the normal images only
+        known = known[:0]
     train = TrainSet(images=torch.cat([normal.train_images[torch.from_numpy(train_idx).long()], known]),
                      kind=torch.cat([torch.full((len(train_idx),), TrainSet.UNLABELED, dtype=torch.int8),
-                                     torch.full((n_known,), TrainSet.ANOMALY, dtype=torch.int8)]))
+                                     torch.full((len(known),), TrainSet.ANOMALY, dtype=torch.int8)]))
     method = build_method(trial, device)
     summary, train_seconds = fit_method(method, train, on_epoch)
 
@@ -74,7 +76,7 @@ def run(trial: Trial, data: DataSource, on_epoch: Callable | None = None) -> dic
         "rows": rows,  # one result row per test dataset
         "auroc_val": float(roc_auc_score(np.r_[np.zeros(n_val), np.ones(n_val)], val_scores)) if n_val else None,
         "n_unlabeled": len(train_idx), "n_pollution": 0, "n_labeled_normal": 0, "n_labeled_anomaly": n_known,
-        "n_val": 2 * n_val, **fit_fields(summary, train_seconds, device),
+        "n_val": 2 * n_val, "n_train": len(train.kind), **fit_fields(summary, train_seconds, device),
         "score_seconds": time.perf_counter() - t0, "trial_seconds": time.perf_counter() - started,
     }
 

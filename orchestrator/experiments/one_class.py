@@ -28,9 +28,14 @@ def split_of(trial: Trial, data: DataSource) -> Split:
 
 
 def training_set(trial: Trial, data: DataSource) -> tuple[TrainSet, Split]:
-    """The grid point's training images with their labels (unlabeled, labeled normal, labeled anomaly)."""
+    """The grid point's training images with their labels (unlabeled, labeled normal, labeled anomaly).
+
+    A label-free method's training set follows ``trial.labeled_anomalies``: "dropped" leaves the labeled
+    anomalies out (the papers' unsupervised columns: gamma_p = 0 is the clean one-class result), "unlabeled"
+    keeps them in as pollution (the method ignores their labels)."""
     split = split_of(trial, data)
-    parts = [split.unlabeled, split.labeled_normal, split.labeled_anomaly]
+    dropped = trial.labeled_anomalies == "dropped"
+    parts = [split.unlabeled, split.labeled_normal, split.labeled_anomaly[:0] if dropped else split.labeled_anomaly]
     index = torch.from_numpy(np.concatenate(parts)).long()
     kind = torch.cat([torch.full((len(p),), k, dtype=torch.int8)
                       for p, k in zip(parts, (TrainSet.UNLABELED, TrainSet.NORMAL, TrainSet.ANOMALY), strict=True)])
@@ -89,7 +94,7 @@ def run(trial: Trial, data: DataSource, on_epoch: Callable | None = None, *, eva
         row.update(test_aurocs(test_scores, dataset.test_labels.numpy(), trial.normal_class, trial.anomaly_class))
         row["n_test"] = len(test_scores)
         row["test_scores"] = np.asarray(test_scores, dtype=np.float32)  # kept per sample in the score store
-    row.update(split.counts())
+    row.update(split.counts(), n_train=len(train.kind))
     row.update(fit_fields(summary, train_seconds, device), trial_seconds=time.perf_counter() - started)
     return row
 

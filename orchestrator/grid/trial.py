@@ -5,6 +5,9 @@ fields) names one experiment wherever and by whomever it runs:
 
 - `kind` says which experiment runs (orchestrator/experiments: one_class, cross_dataset, two_sample, ...);
 - the grid point: dataset, normal and known anomaly class, the ratios, the replicate `seed`;
+- `labeled_anomalies`: what the method's training set does with the labeled anomalies: "used" (a method
+  that uses labels), "dropped" (a label-free method trains without them: its gamma_p = 0 column is the
+  clean one-class result) or "unlabeled" (a label-free method sees them as unlabeled pollution);
 - `params`: the method's whole Config (paper defaults < profile < --set < variant);
 - `settings`: the experiment kind's own settings (the labeled-anomaly dataset of cross_dataset, CADet's
   sample sizes and attack budgets, a scenario axis such as `training`), whole, profile values included.
@@ -50,6 +53,7 @@ class Trial:
     gamma_l_normal: float = 0.0
     val_fraction: float = 0.05
     seed: int = 0
+    labeled_anomalies: str = "used"
     variant: str | None = None
     params: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
