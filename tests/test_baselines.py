@@ -17,6 +17,7 @@ from methods.base import TrainSet
 from methods.deepsad import DeepSAD
 from methods.deepsvdd import DeepSVDD, strip_biases
 from methods.hscl import HSCL
+from methods.pixels import flat_pixels
 from methods.registry import METHODS
 from orchestrator.data.datasets import DataSource, load_dataset
 from orchestrator.experiments import one_class
@@ -181,6 +182,29 @@ def test_kde_picks_a_bandwidth_inside_its_grid():
     summary = m.fit(train_set(trial("kde", 0, 1)))
     grid = m.bandwidths()
     assert grid[0] < summary["bandwidth"] < grid[-1]  # an interior optimum: the grid is wide enough
+    assert summary["bandwidth_at_edge"] is False
+
+
+@pytest.mark.parametrize("pca_variance", [1.0, 0.95])
+def test_kde_score_is_the_exact_gaussian_log_density(pca_variance):
+    """-score(x) = log(1/n sum_i N(x; x_i, h^2 I)), written out with SciPy on the same features, float64."""
+    from scipy.spatial.distance import cdist
+    from scipy.special import logsumexp
+
+    m = build("kde", pca_variance=pca_variance)
+    train = train_set(trial("kde", 0, 1))
+    m.fit(train)
+    test = load_dataset("digits").test_images
+    x, c = m.pca.transform(flat_pixels(test)), m.pca.transform(flat_pixels(train.images))
+    h, (n, d) = m.bandwidth, c.shape
+    exact = logsumexp(-cdist(x, c, "sqeuclidean") / (2 * h * h), axis=1) - np.log(n) - d / 2 * np.log(2 * np.pi * h * h)
+    np.testing.assert_allclose(-m.score(test), exact, rtol=0, atol=1e-6)
+    # The bandwidth is the one of the best mean held-out log-likelihood (the same exact formula) over the folds.
+    folds = np.array_split(np.random.default_rng(0).permutation(n), m.config.cv_folds)
+    def held_out(h):
+        return np.mean([np.mean(logsumexp(-cdist(c[f], np.delete(c, f, 0), "sqeuclidean") / (2 * h * h), axis=1)
+                                - np.log(n - len(f)) - d / 2 * np.log(2 * np.pi * h * h)) for f in folds])
+    assert h == max(m.bandwidths(), key=held_out)
 
 
 # ---- HSCL's Table 5 switches change what is trained --------------------------------------------------

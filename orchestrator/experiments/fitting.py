@@ -47,3 +47,11 @@ def fit_fields(summary: dict, train_seconds: float, device: torch.device) -> dic
     return {"epochs": int(summary.get("epochs", 0)), "world_size": int(summary.get("world_size", 1)),
             "final_loss": float(summary.get("final_loss", float("nan"))), "train_seconds": train_seconds,
             "device": device_name(device)}
+
+
+def fit_choices(summary: dict) -> dict:
+    """What a fit chose or measured beyond the common fields (a KDE's bandwidth, an OC-SVM's nu and gamma,
+    the pixel features kept): scalars of the method's summary, for the row's `extra`."""
+    common = {"epochs", "world_size", "final_loss", "history", "fit_seconds"}
+    return {k: v for k, v in summary.items()
+            if k not in common and isinstance(v, (bool, int, float, str)) and not isinstance(v, complex)}

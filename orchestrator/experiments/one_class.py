@@ -17,7 +17,7 @@ from methods.base import TrainSet
 from orchestrator.data.datasets import DataSource
 from orchestrator.data.metrics import test_aurocs
 from orchestrator.data.splits import Split, make_split
-from orchestrator.experiments.fitting import build_method, fit_fields, fit_method, pick_device
+from orchestrator.experiments.fitting import build_method, fit_choices, fit_fields, fit_method, pick_device
 from orchestrator.experiments.kind import Kind
 from orchestrator.grid.trial import Trial
 
@@ -87,6 +87,8 @@ def run(trial: Trial, data: DataSource, on_epoch: Callable | None = None, *, eva
 
     summary, train_seconds = fit_method(method, train, epoch_callback)
     row = {"auroc_val": val_auroc() if has_val else None, "score_seconds": 0.0}
+    if fit_choices(summary):
+        row["extra"] = fit_choices(summary)
     if evaluate_test:
         t0 = time.perf_counter()
         test_scores = method.score(dataset.test_images)
