@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from methods.registry import METHODS, get_method
 from orchestrator.cli import UserError
-from orchestrator.data.datasets import DataSource
+from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.experiments import get_kind
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS, Profile, Scenario
 from orchestrator.grid.trial import Trial
@@ -151,7 +151,15 @@ def _kind_datasets(scenario: Scenario, request: Request, source: DataSource) -> 
     if not (request.labeled_dataset or request.test_datasets):
         names = [n for key in ("labeled", "test") for n in _as_list((scenario.settings or {}).get(key))]
         for name in names:  # the scenario's own datasets: registered under their stored names
-            _, source = source.add(name)
+            try:
+                _, source = source.add(name)
+            except DatasetError:
+                raise UserError(
+                    f"{scenario.name} needs dataset '{name}', which adsweep cannot load by name: pass "
+                    "--labeled-dataset (the labeled anomalies; the paper: down-sampled ImageNet) and --test-datasets "
+                    "(the test anomalies; the paper: CIFAR-100, SVHN, LSUN, ImageNet), each a known name (cifar100, "
+                    "svhn, mnist) or an ImageFolder copy given as imagefolder:/path/to/tree (image files under "
+                    "train/<class>/ and test/<class>/, e.g. down-sampled ImageNet or LSUN exported to PNG)") from None
         return {}, source
     if kind.with_datasets is None:
         raise UserError(f"--labeled-dataset and --test-datasets are for scenarios of another kind "

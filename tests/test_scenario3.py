@@ -93,3 +93,11 @@ def test_scenario3_checks_its_datasets_before_any_work(trees, tmp_path):
          "--labeled-dataset", str(trees / "mnist"), "--test-datasets", str(trees / "birds"), "--gamma-l", "0.5",
          "--storage", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert too_many.returncode == 2 and "lower gamma_l" in too_many.stderr
+
+
+def test_scenario3_without_its_datasets_says_which_flags_to_pass(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "scenario3", "--storage", str(tmp_path / "r")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+    assert all(flag in run.stderr for flag in ("--labeled-dataset", "--test-datasets", "imagefolder:"))
+    assert not (tmp_path / "r").exists()
