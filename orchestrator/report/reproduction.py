@@ -22,7 +22,7 @@ import pandas as pd
 from orchestrator.grid.scenarios import SCENARIOS
 from orchestrator.report.claims import AXIS_SYMBOL, check, fill_in, read_spec
 from orchestrator.report.stats import cell_means
-from orchestrator.report.tables import cell_text, gamma_label, percent, published, row_order
+from orchestrator.report.tables import cell_text, gamma_label, paper_table, percent, published, row_order
 from orchestrator.store import load_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,15 +51,20 @@ def by_column_table(ok: pd.DataFrame, scenario, spec: dict) -> pd.DataFrame:
     value, the paper's numbers, the median trial time."""
     column = scenario.table_columns
     symbol = AXIS_SYMBOL.get(column, column)
-    cells = cell_means(ok, ["method", column], scenario.metric)
+    cells = paper_table(ok, ("method",), column, scenario.metric)  # mean and std over seeds, n trials
     values = sorted(cells[column].unique())
     pub = published(scenario.name, spec["published"]["dataset"])
     lines = []
     for m in [m for m in scenario.methods if m in set(ok["method"])]:
         mine = cells[cells["method"] == m].set_index(column)
-        line = {"method": m, "labels used": bool(ok.loc[ok["method"] == m, "uses_labels"].iloc[0])}
+        first = ok.loc[ok["method"] == m].iloc[0]
+        # What the method was given (Trial.labeled_anomalies; gamma_l_normal per the scenario's protocol).
+        line = {"method": m, "labels used": bool(first["uses_labels"]),
+                "labeled normals": f"γl={gamma_label(first['gamma_l_normal'])}",
+                "labeled anomalies": first.get("labeled_anomalies") or "–",
+                "seeds": ok.loc[ok["method"] == m, "seed"].nunique()}
         for v in values:
-            line[f"{symbol}={gamma_label(v)}"] = (cell_text(mine.loc[v, "mean"], None, mine.loc[v, "n"])
+            line[f"{symbol}={gamma_label(v)}"] = (cell_text(*mine.loc[v, ["mean", "std", "n"]])
                                                   if v in mine.index else "–")
         if len(values) > 1 and values[0] in mine.index and values[-1] in mine.index:
             line["drop"] = percent(mine.loc[values[0], "mean"] - mine.loc[values[-1], "mean"])

@@ -12,8 +12,9 @@ import pandas as pd
 
 from orchestrator.store import connect
 
-# A grid point: the trials of two methods at the same point (and seed) are a pair.
-GRID_POINT = ["profile", "dataset", "normal_class", "anomaly_class", "gamma_p", "gamma_l", "gamma_l_normal", "seed"]
+# A grid point: the trials of two methods at the same point (and seed) are a pair. The labeled-normal ratio is
+# not part of it: it is the method's protocol (scenario2 gives HSCL labeled normals and Deep SAD none).
+GRID_POINT = ["profile", "dataset", "normal_class", "anomaly_class", "gamma_p", "gamma_l", "seed"]
 
 
 def cell_means(ok: pd.DataFrame, by: list[str], metric: str = "auroc_pooled") -> pd.DataFrame:
