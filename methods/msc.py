@@ -49,12 +49,17 @@ class MSCConfig(ContrastiveConfig):
     batch_size: int = 64
     crop_scale_min: float = 0.2
     lambda_angular: float = 1.0
-    """weight of the angular term -f(x)^T c of Eq. (7) (MSC's --angular; 0 = plain mean-shifted
-    NT-Xent)"""
+    angular: str = "paper"
+    """weight of the angular term of Eq. (7) (MSC's --angular; 0 = plain mean-shifted NT-Xent) and its form,
+    see `angular_loss`: "paper" (-f(x)^T c, Eq. 7) or "released" (MSC's code: 4x the gradient)"""
     knn: int = 2
     knn_recentred: bool = False
     """k of the k-NN score (MSC's code: 2), in the space of the re-centred features f~ (True) or of the
     normalised features f (False, MSC's code)"""
+
+    def __post_init__(self):
+        if self.angular not in ANGULAR_FORMS:
+            raise ValueError(f"angular={self.angular!r}: use one of {ANGULAR_FORMS}")
 
 
 def feature_centre(f: torch.Tensor) -> torch.Tensor:
@@ -67,13 +72,28 @@ def recentre(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(f, dim=1) - c, dim=1)
 
 
-def mean_shifted_loss(f: torch.Tensor, partner: torch.Tensor, c: torch.Tensor, tau: float):
-    """Eq. (7) as its two terms: (NT-Xent of the re-centred rows, mean of -f^T c). f (M, D) any norm,
-    partner (M,) the positive of each row, c (D,). With c = 0 the first term is plain NT-Xent and the
-    second is 0."""
-    contrastive = nt_xent(recentre(f, c), partner, tau)
-    angular = -(F.normalize(f, dim=1) @ c).mean()
-    return contrastive, angular
+ANGULAR_FORMS = ("paper", "released")
+
+
+def angular_loss(f: torch.Tensor, c: torch.Tensor, form: str = "paper") -> torch.Tensor:
+    """Eq. (7)'s second term for f (M, D) any norm (normalised here) and centre c (D), the rows being the 2
+    views of M / 2 instances:
+        "paper"     mean over the rows of -f^T c                                             Eq. (7)
+        "released"  mean over the instances of ||f1 - c||^2 + ||f2 - c||^2 (MSC's code: `(out_1 ** 2).sum(1)
+                    .mean() + (out_2 ** 2).sum(1).mean()` after `out = f - c`) = 2 mean_rows ||f - c||^2,
+                    which for unit f and c is 4 - 4 mean_rows f^T c: the same minimiser, 4x the gradient
+    With c = 0 both have no gradient ("paper" is 0, "released" the constant 2)."""
+    f = F.normalize(f, dim=1)
+    if form == "paper":
+        return -(f @ c).mean()
+    return 2 * (f - c).pow(2).sum(dim=1).mean()
+
+
+def mean_shifted_loss(f: torch.Tensor, partner: torch.Tensor, c: torch.Tensor, tau: float, angular: str = "paper"):
+    """Eq. (7) as its two terms: (NT-Xent of the re-centred rows, the angular term, see `angular_loss`). f (M, D)
+    any norm, partner (M,) the positive of each row, c (D,). With c = 0 the first term is plain NT-Xent and the
+    second has no gradient."""
+    return nt_xent(recentre(f, c), partner, tau), angular_loss(f, c, angular)
 
 
 class MSC(ContrastiveMethod):
@@ -94,7 +114,8 @@ class MSC(ContrastiveMethod):
     def loss(self, forward: Callable, x: torch.Tensor, epoch: int, g: torch.Generator) -> dict:
         cfg, b, r = self.config, x.shape[0], self.config.rotations
         f, _ = self.forward_views(forward, x, g)  # (R * 2B, D) encoder features (no projection head)
-        contrastive, angular = mean_shifted_loss(f, view_partner(r, b, f.device), self.centre, cfg.tau)
+        contrastive, angular = mean_shifted_loss(f, view_partner(r, b, f.device), self.centre, cfg.tau,
+                                                 cfg.angular)
         loss = contrastive + cfg.lambda_angular * angular  # Eq. (7)
         return {"loss": loss, "loss_contrastive": contrastive, "loss_angular": angular}
 
