@@ -18,7 +18,7 @@ import torch
 
 from methods.base import TrainSet
 from methods.milconvex import MILConvex, sampling_probs
-from methods.msc import angular_loss, mean_shifted_loss
+from methods.msc import MSC, angular_loss, mean_shifted_loss
 from methods.similarity import max_cosine
 from orchestrator.data.datasets import DataSource
 from orchestrator.experiments import one_class
@@ -112,9 +112,10 @@ def test_released_angular_term_is_msc_code_with_four_times_the_gradient():
     (g_released,) = torch.autograd.grad(released, f)
     (g_paper,) = torch.autograd.grad(angular_loss(f, c, "paper"), f)
     torch.testing.assert_close(g_released, 4 * g_paper)
-    # The default stays Eq. (7)'s -mean f^T c, so MSC and MIL-convex train as before unless asked.
+    # Eq. (7)'s -mean f^T c stays the function's default and MIL-convex's; MSC trains with its code's form.
     partner = torch.arange(10).roll(5)
     assert mean_shifted_loss(f, partner, c, 0.5)[1].item() == pytest.approx(angular_loss(f, c, "paper").item())
+    assert MILConvex.Config().angular == "paper" and MSC.Config().angular == "released"
 
 
 def test_eq11_scores_in_the_chosen_space():
