@@ -1,10 +1,11 @@
 """MIL-convex's anomaly discriminative learning (issue 21): pseudo labels per image from an un-augmented pass,
 Eq. (4)'s p- options, Eq. (11)'s score space, MSC's angular term as released; and a seeded digits probe
-(quick profile, gamma .10, normal classes PROBE_CLASSES, seed 0, through the one_class experiment) on which
+(quick profile, gamma .10, normal classes 1 and 3, seed 0, through the one_class experiment) on which
 S_a must hold mostly true pollution and the full method must not fall below Rot + Mean.
 
-Measured on the 2-core machine, one thread: the probe fits 2 x 3 trials once per module, about TIME s;
-the other tests take under a second each.
+The probe fits 2 x 2 trials once per module: about 12 s of one CPU thread (the whole file 18 s of CPU time;
+47 s of wall time on a machine loaded 7-fold). Measured on it, before issue 21 (S_a per augmented view,
+scores on z) and after: S_a's precision 0.19 -> 0.72; mean AUROC all 0.871 -> 0.942, Rot + Mean 0.921 -> 0.942.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def probe():
 
 
 def test_abnormal_candidates_are_mostly_the_pollution(probe):
-    # Base rate 0.10; per augmented view (before issue 21) S_a's precision was PREC_OLD_TEST.
+    # Base rate 0.10; per augmented view (before issue 21) S_a's precision was 0.19.
     _, precision = probe
     assert precision >= 0.5
 
