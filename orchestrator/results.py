@@ -167,8 +167,9 @@ def _scenario_rows(args) -> pd.DataFrame:
 def _ranking(args):
     from orchestrator.report.ranks import rank
 
-    metric = getattr(args, "metric", None) or SCENARIOS[args.scenario].metric
-    return rank(_scenario_rows(args), metric, args.posthoc, args.alpha, args.methods)
+    rows = _scenario_rows(args)
+    metric = args.metric or SCENARIOS[args.scenario].metric
+    return rank(rows, metric, args.posthoc, args.alpha, args.methods)
 
 
 def _rank(args) -> None:

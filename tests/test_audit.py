@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.report.audit import RECORD_NAME, pick, read_record, record_line
+from orchestrator.report.reproduction import build_report
 from orchestrator.results import main
 from orchestrator.store import load_rows
 
@@ -58,6 +59,9 @@ def test_an_edited_row_is_reported_with_its_difference(small_store, tmp_path, ca
     assert "1 trials re-run" in record_line(record) and "max |Δ auroc_pooled| = 0.0123" in record_line(record)
     # The record is hidden from the store's readers (like _sweeps/): the rows are still the six trials.
     assert len(load_rows(str(store))) == 6
+    # The reproduction report reads its audit line from the record (no re-run at report time).
+    doc = build_report(str(store), "quick").splitlines()
+    assert doc[doc.index("## Reproducibility audit") + 2] == record_line(record, str(store))
 
 
 def test_the_sample_is_a_seeded_choice_of_ok_trials(small_store):

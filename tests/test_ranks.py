@@ -2,6 +2,7 @@
 post-hoc numbers are the libraries' on the paired table; a shuffled-score copy ranks last and differs
 significantly; an identical copy does not; the CD diagram of a real quick sweep of three methods is a PNG."""
 
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from scipy.stats import friedmanchisquare
 from sklearn.metrics import roc_auc_score
 
 from orchestrator.report.ranks import paired_table, rank
+from orchestrator.report.reproduction import build_report, write_report
 from orchestrator.results import main
 from orchestrator.store import connect
 from tests.conftest import ROOT
@@ -116,6 +118,7 @@ def test_rank_and_cd_diagram_of_a_quick_sweep_of_three_methods(three_methods, tm
     assert main(["--storage", str(three_methods), "plot", "cd", "scenario2", "--out", str(out)]) == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    assert capsys.readouterr().out.strip() == str(out)
     assert main(["--storage", str(three_methods), "rank", "scenario2", "--format", "csv", "--p-values"]) == 0
     captured = capsys.readouterr()
     printed = pd.read_csv(__import__("io").StringIO(captured.out.split("\n\n")[0]))
@@ -124,6 +127,21 @@ def test_rank_and_cd_diagram_of_a_quick_sweep_of_three_methods(three_methods, tm
     assert list(printed["method"]) == ranking.methods
     assert [float(r) for r in printed["mean rank"]] == pytest.approx(list(ranking.mean_ranks), abs=0.005)
     assert "Friedman chi2" in captured.err and "12 paired grid points x 3 methods" in captured.err
+
+
+def test_the_reproduction_report_has_the_rank_table_and_links_the_cd_diagram(three_methods, tmp_path):
+    doc = write_report(str(three_methods), tmp_path / "docs" / "reproduction.md", "quick").read_text()
+    ranking = rank(pd.read_parquet(three_methods))
+    for m in ranking.methods:  # the table's lines: method, mean rank (two decimals), mean AUROC
+        mean = 100 * ranking.table[m].mean()
+        assert re.search(rf"\| {m} +\| {ranking.mean_ranks[m]:.2f} +\| {mean:.1f} +\|", doc), m
+    assert "![critical-difference diagram of scenario2](figures/scenario2-quick-cd.png)" in doc
+    png = (tmp_path / "docs" / "figures" / "scenario2-quick-cd.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    assert "No audit record in the store" in doc
+    strip = [li for li in doc.splitlines() if not li.startswith("_Generated")]
+    assert [li for li in build_report(str(three_methods), "quick").splitlines()
+            if not li.startswith("_Generated")] == strip  # deterministic: a function of the store
 
 
 @pytest.mark.parametrize("argv, message", [

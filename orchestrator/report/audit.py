@@ -231,16 +231,16 @@ def read_record(storage: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def record_line(record: dict | None) -> str:
+def record_line(record: dict | None, store: str = "STORE") -> str:
     """The report's one audit line."""
     if not record:
-        return ("No audit record in the store: `python -m orchestrator.results --storage STORE audit --sample K "
-                "--record` re-runs K trials and writes one.")
+        return (f"No audit record in the store: `python -m orchestrator.results --storage {store} audit --sample K "
+                "--record` re-runs K of its trials and writes one.")
     diff = record.get("max_abs_diff")
     other = sum(1 for t in record.get("trials", []) if not t.get("same_code", True))
     n = len({t["trial_key"] for t in record.get("trials", [])})
     return (f"{n} trials re-run from their stored configs on {record['device']}, max |Δ {record['metric']}| = "
             f"{'n/a' if diff is None else f'{diff:.3g}'} (bit-identical: {record['identical']} of {record['rows']} "
-            f"rows; seeded sample {record['seed']} of {record['candidates']} ok trials)"
-            + (f"; {other} row(s) were stored by other code than the re-run's ({record['code']})." if other
-               else f"; same code as the stored rows ({record['code']})."))
+            f"rows; drawn with seed {record['seed']} from {record['candidates']} ok trials)"
+            + (f"; {other} row(s) were stored by other code than the re-run's (git {record['code']})." if other
+               else f"; same code as the stored rows (git {record['code']})."))

@@ -164,12 +164,14 @@ def plot_cd(ranking: Ranking, out, title: str = "") -> str:
     import scikit_posthocs as sp
 
     k = len(ranking.methods)
-    fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.32 * k))
+    fig, ax = plt.subplots(figsize=(7.0, 1.8 + 0.32 * k))
+    # The bars join methods the post-hoc test does not tell apart. Nemenyi's CD goes in the title: drawn as the
+    # library's bar above the axis it would overlap the rank ticks.
     sp.critical_difference_diagram(ranking.mean_ranks, ranking.p_values, ax=ax, alpha=ranking.alpha,
-                                   cd=ranking.cd, label_fmt_left="{label} ({rank:.2f})",
-                                   label_fmt_right="({rank:.2f}) {label}")
-    ax.set_title(title or f"mean rank of {ranking.metric} (1 = best), n = {len(ranking.table)}", fontsize=9,
-                 pad=22)
+                                   label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
+    post = ("Wilcoxon-Holm" if ranking.posthoc == "wilcoxon-holm" else f"Nemenyi, CD = {ranking.cd:.2f}")
+    ax.set_title(f"{title or f'mean rank of {ranking.metric}, n = {len(ranking.table)}'}\n"
+                 f"1 = best; bars: not significantly different ({post}, alpha = {ranking.alpha:g})", fontsize=9, pad=14)
     fig.tight_layout()
     fig.savefig(out, dpi=120, metadata={"Software": None})
     plt.close(fig)

@@ -6,7 +6,10 @@ What the document shows is data, in orchestrator/data/claims.yaml: its sections 
 table layout, which paper's numbers beside ours) and the claims it checks (orchestrator/report/claims.py).
 Every number is computed here from the store's rows (and the papers' numbers from published.yaml); the
 prose that interprets them is benchmarks/reproduction_notes.md, pasted in at the end, and holds no
-numbers of its own.
+numbers of its own. Each section ends with the mean ranks of its methods (Friedman and Wilcoxon-Holm tests,
+orchestrator/report/ranks.py) and their critical-difference diagram, a PNG under figures/ beside the
+document; the audit line is read from the store's audit record (orchestrator/report/audit.py), never from
+trials re-run at report time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.grid.scenarios import SCENARIOS
+from orchestrator.report.audit import read_record, record_line
 from orchestrator.report.claims import AXIS_SYMBOL, check, fill_in, read_spec
 from orchestrator.report.stats import cell_means
 from orchestrator.report.tables import cell_text, gamma_label, paper_table, percent, published, row_order
@@ -128,8 +132,8 @@ def _add_paper_means(frame: pd.DataFrame, ok: pd.DataFrame, scenario_name: str, 
 LAYOUTS = {"by_column": by_column_table, "by_normal_class": by_normal_class_table}
 
 
-def section_lines(section: dict, ok: pd.DataFrame) -> list[str]:
-    """A section of the document: its heading, then each table with its caption."""
+def section_lines(section: dict, ok: pd.DataFrame, profile: str = "small") -> list[str]:
+    """A section of the document: its heading, then each table with its caption, then the mean ranks."""
     if ok.empty:
         return []
     lines = [f"## {fill_in(section['title'], ok)}", ""]
@@ -137,7 +141,55 @@ def section_lines(section: dict, ok: pd.DataFrame) -> list[str]:
         frame = LAYOUTS[table["layout"]](ok, SCENARIOS[section["scenario"]], table)
         lines += [table["caption"], ""] if "caption" in table else []
         lines += [_md(frame), ""]
-    return lines
+    return lines + rank_lines(section["scenario"], ok, profile)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mean ranks and critical-difference diagrams (orchestrator/report/ranks.py)
+
+
+def cd_figure(scenario: str, profile: str) -> str:
+    """The section's CD diagram, relative to the document's folder."""
+    return f"figures/{scenario}-{profile}-cd.png"
+
+
+def section_ranking(scenario: str, ok: pd.DataFrame):
+    """The ranking of the section's methods (variants), or the one-line reason there is none."""
+    from orchestrator.report.ranks import rank
+
+    try:
+        return rank(ok, SCENARIOS[scenario].metric)
+    except ValueError as exc:
+        return str(exc).split(": use")[0]
+
+
+def rank_lines(scenario: str, ok: pd.DataFrame, profile: str) -> list[str]:
+    ranking = section_ranking(scenario, ok)
+    if isinstance(ranking, str):
+        return [f"_Mean ranks: none ({ranking})._", ""]
+    return [f"Mean ranks over the grid points every method finished (1 = best; {ranking.describe()}; "
+            f"`p vs {ranking.best}` is the corrected p-value against the best-ranked):", "",
+            ranking.summary_table().to_markdown(index=False, disable_numparse=True), "",
+            f"![critical-difference diagram of {scenario}]({cd_figure(scenario, profile)})", ""]
+
+
+def write_cd_figures(storage: str, out_dir: Path, profile: str = "small") -> list[Path]:
+    """The CD diagrams the document links to, one per section that has a ranking."""
+    from orchestrator.report.ranks import plot_cd
+
+    rows = load_rows(storage)
+    ok = rows[(rows["profile"] == profile) & (rows["status"] == "ok")]
+    written = []
+    for section in read_spec()["report"]["sections"]:
+        mine = ok[ok["scenario"] == section["scenario"]]
+        ranking = section_ranking(section["scenario"], mine) if len(mine) else None
+        if ranking is None or isinstance(ranking, str):
+            continue
+        path = out_dir / cd_figure(section["scenario"], profile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(Path(plot_cd(ranking, path, f"{section['scenario']} ({profile}): mean rank of "
+                                                   f"{ranking.metric}, n = {len(ranking.table)} grid points")))
+    return written
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +281,7 @@ def build_report(storage: str, profile: str = "small") -> str:
         "",
     ]
     for section in report["sections"]:
-        doc += section_lines(section, ok[ok["scenario"] == section["scenario"]])
+        doc += section_lines(section, ok[ok["scenario"] == section["scenario"]], profile)
     verdicts = [check(claim, ok[ok["scenario"] == claim["scenario"]], spec["names"]) for claim in spec["claims"]]
     doc += ["## Do the papers' relations hold?", "", "| claim | measured | verdict |", "| --- | --- | --- |"]
     doc += [f"| {c} | {m} | **{v}** |" for c, m, v in (r for r in verdicts if r is not None)]
@@ -241,6 +293,7 @@ def build_report(storage: str, profile: str = "small") -> str:
     if len(failed):
         first_error = str(failed["error"].iloc[0]).splitlines()[0][:200]
         doc += [f"{len(failed)} trial(s) failed; first error: `{first_error}`", ""]
+    doc += ["## Reproducibility audit", "", record_line(read_record(storage), shown_path(storage)), ""]
     if NOTES.is_file():
         doc += ["## Reading the results", "", NOTES.read_text().strip(), ""]
     return "\n".join(doc)
@@ -250,4 +303,5 @@ def write_report(storage: str, out: str | Path, profile: str = "small") -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_report(storage, profile))
+    write_cd_figures(storage, out.parent, profile)
     return out
