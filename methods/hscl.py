@@ -190,13 +190,24 @@ class HSCL(NeuralMethod):
     name = "hscl"
     Config = HSCLConfig
     uses_labels = True  # X_n and X_a enter S-P and N-A
-    # quick: sized so one fit + score on ~140 8x8 digits takes 1.6-1.8 s on one CPU thread (80 Adam
-    # steps of ~70 images x 2 views x 4 rotations). Crops keep >= 25% of an 8x8 digit (at 0.08 a
+    # quick: sized so one fit + score on ~140 8x8 digits takes 1.6-1.8 s on one CPU thread (120 Adam
+    # steps of ~32 images x 2 views x 4 rotations). Crops keep >= 25% of an 8x8 digit (at 0.08 a
     # crop is a 2x2-pixel blob); lr 3e-3 because so few steps at 1e-3 learned less (60 steps, 5 digit
     # pairs: AUROC 0.75 at 1e-3, 0.82 at 3e-3).
+    # choice: tau 0.1 and batch 32 for 30 epochs (was tau 0.5, batch 64, 40 epochs, 4 warm-up), chosen on the
+    # validation AUROC (held-out training images) of 5 normal classes (1, 3, 5, 7, 9; known class = next)
+    # x seeds 0, 1 at gamma_p 0, one factor at a time: mean val 0.918 -> 0.964 (paired +0.046 +- 0.014,
+    # 8/10 better). tau is the main factor (tau 0.1 alone: val 0.959, 9/10 better; tau 1.0: 0.890); more steps
+    # the second (batch 32 alone: 0.944). Worse on validation: lambda1 5 (0.861) or 0.3, K = 4 or 2 prototypes,
+    # proj_dim 32, 1 or 2 rotations (0.917 / 0.892; with tau 0.2: 0.909), no jitter, crops from 50 %, lr 1e-3
+    # or 1e-2, 20 epochs (0.937). No slower: 30 epochs of 32 vs 40 of 64, interleaved on one grid point,
+    # one thread, loaded 2-core machine: median 2.4 s vs 2.9 s a trial. Test AUROC afterwards, other normal
+    # classes (0, 2, 4, 6, 8) x 2 seeds, gamma_p 0: 0.929 -> 0.968 (tests/test_quick_profile.py). What still
+    # holds HSCL back on digits is Eq. (9)'s one-prototype score: on the same tau 0.1 nets (5 classes, seed 0)
+    # the nearest training neighbour scores test 0.976 in z and 0.992 in encoder features, the prototype 0.938.
     profiles = {
-        "quick": {"net": "cnn_small", "epochs": 40, "batch_size": 64, "warmup_epochs": 4,
-                  "crop_scale_min": 0.25, "lr": 3e-3},
+        "quick": {"net": "cnn_small", "epochs": 30, "batch_size": 32, "warmup_epochs": 3,
+                  "crop_scale_min": 0.25, "lr": 3e-3, "tau": 0.1},
         "small": SMALL_CIFAR,  # methods/contrastive.py: CIFAR-10, quarter-width ResNet-18, 3 epochs, bf16 on CPU
         "paper": {},
     }
