@@ -140,7 +140,8 @@ def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
         (["scenario2", "--dataset", "imagenet-xl"], "imagenet-xl"),
         (["scenario2", "--dataset", "/no/such/folder"], "/no/such/folder"),
         (["scenario2", "--profile", "huge"], "unknown profile 'huge'"),
-        (["scenario2", "--gamma-l", "0.6"], "lower gamma_l"),
+        (["scenario2", "--methods", "deepsad", "--gamma-l", "0.6"], "lower gamma_l"),  # Deep SAD: no labeled normals
+        (["scenario2", "--gamma-l", "0.6"], "together they must stay below 1"),  # HSCL: normals at gamma_l too
         (["scenario2", "--gamma-p", "1.5"], "gamma_p=1.5"),
         (["scenario2", "--set", "val_fraction=0.7"], "val_fraction=0.7"),
         (["scenario2", "--set", "epochs"], "KEY=VALUE"),
