@@ -288,24 +288,26 @@ def test_two_worker_ddp_pretraining_agrees_on_the_weights(tmp_path, digits):
 # ---- attacks and the two scenario runners --------------------------------------------------------------
 
 
-def test_each_attack_raises_the_classifiers_error(digits):
+def test_each_attack_lowers_the_classifiers_accuracy_by_20_points(digits):
+    """At the quick profile's budgets on held-out digits; the CIFAR version at the CIFAR profiles' budgets is
+    tests/test_attacks.py's slow test."""
     s = cadet_setup.SETTINGS["quick"]
     keep = digits.train_labels < 5
     clf, _ = cadet_setup.train_classifier(digits.train_images[keep], digits.train_labels[keep], 5, s, 0, CPU)
     test = digits.test_labels < 5
     x, y = digits.test_images[test].float() / 255, digits.test_labels[test]
-    clean_error = (cadet_setup.predict(clf, x) != y).float().mean().item()
-    assert clean_error < 0.05
-    for name, rise in [("pgd", 0.1), ("cw", 0.2), ("fgsm", 0.3)]:
+    clean = cadet_setup.predict(clf, x)
+    accuracy = (clean == y).float().mean().item()
+    assert accuracy > 0.95
+    for name in ("pgd", "cw", "fgsm"):
         adv = attacks.attack(name, clf, x, y, s, seed=0)
-        error = (cadet_setup.predict(clf, adv) != y).float().mean().item()
-        assert error > clean_error + rise, (name, clean_error, error)
+        record, _ = attacks.attack_summary(x, adv, y, clean, cadet_setup.predict(clf, adv))
+        assert record["adv_accuracy"] <= accuracy - 0.20, (name, record)
         assert adv.min() >= 0 and adv.max() <= 1
-        delta = (adv - x).flatten(1)
         if name == "cw":
-            assert delta.norm(dim=1).max() <= s.cw_l2 + 1e-5
+            assert record["l2_max"] <= s.cw_l2 + 1e-5
         else:
-            assert delta.abs().max() <= (s.pgd_eps if name == "pgd" else s.fgsm_eps) + 1e-6
+            assert record["linf_max"] <= (s.pgd_eps if name == "pgd" else s.fgsm_eps) + 1e-6
 
 
 def mnist_imagefolder(root: Path, per_class: int = 30) -> Path:
@@ -354,12 +356,22 @@ def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
 
 
 def test_adversarial_runner_rows(monkeypatch):
-    trial = small_trial("adversarial", training="supervised", attacks=["fgsm"])
+    # CW inside an L2 ball of 0.01 (a per-pixel RMS of 0.00125 on 8x8 digits): an attack that barely succeeds.
+    trial = small_trial("adversarial", training="supervised", attacks=["fgsm", "cw"], cw_l2=0.01, cw_search_steps=1)
     out = adversarial.run(trial, DataSource())
-    assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"]
+    assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"] * 2
     for r in out["rows"]:
-        assert r["test_dataset"] == "FGSM" and 0 <= r["auroc_pooled"] <= 1
-        assert r["extra"]["attack_success_rate"] > 0.5 and r["extra"]["budget"]["eps"] == 0.25
+        assert r["test_dataset"] in ("FGSM", "CW") and 0 <= r["auroc_pooled"] <= 1
+        # The attack itself: success among the correct images, accuracy before and after, perturbation norms.
+        e = r["extra"]
+        assert 0 <= e["linf_mean"] <= e["linf_max"] and 0 <= e["l2_mean"] <= e["l2_max"]
+        assert e["clean_accuracy"] > 0.95 and e["attack_success_threshold"] == 0.5
+        if r["test_dataset"] == "FGSM":
+            assert e["attack_success_rate"] > 0.5 and e["budget"]["eps"] == 0.25 and e["linf_max"] <= 0.25 + 1e-6
+            assert e["attack_succeeded"] is True and "note" not in e and e["adv_accuracy"] < e["clean_accuracy"] - 0.5
+        else:  # flagged, so a table can say the column measures little
+            assert e["l2_max"] <= 0.01 + 1e-6 and e["budget"]["search_steps"] == 1
+            assert e["attack_succeeded"] is False and e["attack_success_rate"] < 0.5 and "fooled" in e["note"]
     assert cadet_setup.in_distribution(7, 5, 10) == [7, 8, 9, 0, 1]
 
 
