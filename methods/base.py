@@ -137,7 +137,7 @@ class NeuralMethod:
         self.net = self.build_net(images.shape[1])
         summary = self.train_net(images, kind, on_epoch).summary()
         self.finish(images, kind)
-        return summary
+        return {**summary, "precision": self.precision.name}
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor, rotation: int = 0, chunk: int = 1024) -> list:

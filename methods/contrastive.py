@@ -71,7 +71,8 @@ QUICK_DIGITS = {"net": "cnn_small", "batch_size": 64, "crop_scale_min": 0.25}
 # The small profile's shared values: real CIFAR-10 at 32x32 on a CPU in minutes per trial. The paper's
 # losses and augmentations (SimCLR crops from 0.08, jitter, rotations) are unchanged; the network is the
 # quarter-width CIFAR ResNet-18, training is 3 epochs of 64-image batches (about 250 Adam steps on one
-# normal class), and bf16 runs on the CPU. One HSCL or CSI trial takes a few minutes of one CPU thread
+# normal class), and bf16 runs on a CPU with native bf16 (fp32 elsewhere: methods/trainer.py Precision).
+# One HSCL or CSI trial takes a few minutes of one CPU thread
 # (measured per method in docs/reproduction.md, section Cost).
 SMALL_CIFAR = {"net": "resnet18_narrow", "batch_size": 64, "epochs": 3, "warmup_epochs": 1, "cpu_bf16": True}
 
