@@ -129,3 +129,25 @@ def test_cw_agrees_with_foolbox(digits_classifier):
     _, (theirs,), _ = cw(fb.PyTorchModel(clf, bounds=(0, 1)), x, y, epsilons=[1.0])
     rate = [attacks.attack_summary(x, a, y, clean, predict(clf, a))[0]["attack_success_rate"] for a in (ours, theirs)]
     assert rate[0] == pytest.approx(rate[1], abs=0.05)
+
+
+def test_cadet_tables_print_beside_our_adversarial_and_two_sample_rows():
+    """published.yaml's CADet Tables 1-5 (their table references in `source`); Tables 2 and 4 join our rows'
+    keys, Table 5's means never stand in for an AUROC."""
+    import pandas as pd
+
+    from orchestrator.report.tables import published, wide_table
+
+    sources = {s for name in ("twosample-rejection", "twosample", "unknown-classes", "adversarial")
+               for s in published(name)["source"]}
+    assert {s.split(" (")[0] for s in sources} == {f"CADet Table {k}" for k in range(1, 6)}
+    adv = pd.DataFrame([{"status": "ok", "seed": 0, "test_dataset": a, "variant": v, "auroc_pooled": 0.9}
+                        for a in ("PGD", "CW", "FGSM") for v in ("CADet + contrastive", "m_in + contrastive")])
+    wide = wide_table(adv, "adversarial", with_published=True, dataset="cifar10").set_index("test_dataset")
+    assert wide.loc["CW", "paper imagenet CADet + contrastive"] == "95.9 (-5.9)"
+    assert not any("m_in" in c and "paper" in c for c in wide.columns)  # Table 5 holds means, not AUROCs
+    two = pd.DataFrame([{"status": "ok", "seed": 0, "test_dataset": "PGD", "variant": "MMD-CC + contrastive",
+                         "sample_size": n, "auroc_pooled": 0.8} for n in (3, 20)])
+    wide = wide_table(two, "twosample", with_published=True, dataset="digits")
+    assert wide["paper imagenet 3"].tolist() == ["70.5 (+9.5)"]
+    assert wide["paper imagenet 20"].tolist() == ["99.5 (-19.5)"]
