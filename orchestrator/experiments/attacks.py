@@ -27,8 +27,8 @@ adds eagerpy, GitPython, gitdb, smmap; downgrades nothing), but would be a new p
 attack. Its L2CarliniWagnerAttack with the same settings (5 search steps, 50 steps, stepsize 0.03, initial
 c 1, confidence 0), on the classifier above, agrees with `cw_l2` at every budget: success 0.198 / 0.519 /
 0.797 at 0.10 / 0.25 / 0.5 (ours 0.203 / 0.519 / 0.797), the same minimal-norm quantiles; 74 s for the
-four budgets against our 57 s per budget. tests/test_attacks.py repeats that comparison where foolbox is
-installed. Not used: torchattacks 3.5.1 (last release 2023) pins requests~=2.25.1 and would downgrade
+four budgets against our 57 s per budget. tests/test_attacks.py repeats that comparison (foolbox is a test
+dependency). Not used: torchattacks 3.5.1 (last release 2023) pins requests~=2.25.1 and would downgrade
 requests/urllib3 (and ships a top-level `robustbench`); adversarial-robustness-toolbox needs `packaging`
 without declaring it.
 """
