@@ -238,6 +238,7 @@ def test_cpu_bf16_only_where_the_cpu_computes_it_natively():
     from methods.trainer import Precision, cpu_has_bf16
 
     asked = Precision.choose("cpu", amp=True, channels_last=True, cpu_bf16=True)
-    assert asked.amp == asked.channels_last == cpu_has_bf16()
+    assert asked.amp == cpu_has_bf16() and asked.channels_last  # channels_last pays in fp32 too (0.7x the time)
     assert asked.name == ("bf16" if cpu_has_bf16() else "fp32")
-    assert not Precision.choose("cpu", amp=True, channels_last=True, cpu_bf16=False).amp
+    plain = Precision.choose("cpu", amp=True, channels_last=True, cpu_bf16=False)
+    assert not plain.amp and not plain.channels_last
