@@ -357,8 +357,10 @@ def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
 
 def test_adversarial_runner_rows(monkeypatch):
     # CW inside an L2 ball of 0.01 (a per-pixel RMS of 0.00125 on 8x8 digits): an attack that barely succeeds.
-    trial = small_trial("adversarial", training="supervised", attacks=["fgsm", "cw"], cw_l2=0.01, cw_search_steps=1)
+    trial = small_trial("adversarial", training="supervised", attacks=["fgsm", "cw"], cw_l2=0.01, cw_search_steps=1,
+                        n_attacked=120)
     out = adversarial.run(trial, DataSource())
+    assert all(r["n_test"] == 2 * 120 for r in out["rows"])  # a seeded subset of the test images is attacked
     assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"] * 2
     for r in out["rows"]:
         assert r["test_dataset"] in ("FGSM", "CW") and 0 <= r["auroc_pooled"] <= 1

@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import torch
+
 from methods.augment import to_float
 from methods.cadet import calibrated_p_values
 from orchestrator.data.datasets import DataSource
@@ -37,8 +39,12 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
     started = time.perf_counter()
     setup = prepare(trial, source, need_classifier=True)
     s, det, dev, clf = setup.s, setup.detector, setup.device, setup.clf
-    x = to_float(setup.test_in.to(dev))
-    y = setup.test_in_labels.to(dev)
+    x, y = setup.test_in, setup.test_in_labels
+    if 0 < s.n_attacked < len(x):  # a seeded subset of the in-distribution test images (Settings.n_attacked)
+        g = torch.Generator().manual_seed(stable_seed("attacked", trial.dataset, setup.classes, trial.seed))
+        keep = torch.randperm(len(x), generator=g)[: s.n_attacked]
+        x, y = x[keep], y[keep]
+    x, y = to_float(x.to(dev)), y.to(dev)
     clean_pred = predict(clf, x)
     clean = det.statistics(x)
     cal = det.calibration
