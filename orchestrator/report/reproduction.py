@@ -26,7 +26,7 @@ from orchestrator.grid.scenarios import SCENARIOS
 from orchestrator.report.audit import read_record, record_line
 from orchestrator.report.claims import AXIS_SYMBOL, check, fill_in, read_spec
 from orchestrator.report.stats import cell_means
-from orchestrator.report.tables import cell_text, gamma_label, paper_table, percent, published, row_order
+from orchestrator.report.tables import cell_text, gamma_label, paper_table, percent, published, row_order, summary
 from orchestrator.store import load_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,8 +247,25 @@ def setup_lines(rows: pd.DataFrame, profile: str, spec: dict) -> list[str]:
                f"test images; seed(s) {', '.join(str(s) for s in sorted(rows['seed'].unique()))}.")
     out.append(f"- Device(s): {', '.join(sorted(rows['device'].dropna().unique()))}; host(s) "
                f"{', '.join(sorted(rows['hostname'].dropna().unique()))}; one CPU thread per trial unless stated.")
+    precision = rows["extra"].dropna().map(lambda e: json.loads(e).get("precision")).dropna()
+    if len(precision):
+        counts = precision.value_counts()
+        out.append("- Precision of the networks: " + ", ".join(f"{k} ({n} trials)" for k, n in counts.items())
+                   + " (bf16 only on a CPU that computes it natively: methods/trainer.py Precision).")
     out.append(f"- Code: git {', '.join(sorted(rows['git_sha'].dropna().unique()))}.")
     return out
+
+
+def progress_lines(storage: str, profile: str) -> list[str]:
+    """How far each sweep command that wrote into the store got: a store being filled says so."""
+    sweeps = summary(storage)
+    sweeps = sweeps[sweeps["profile"] == profile] if len(sweeps) else sweeps
+    lines = [f"- `{r.scenario}` sweep: {r.trials} trials asked, {r.ok} ok, {r.failed} failed, {r.missing} not run yet."
+             for r in sweeps.itertuples(index=False)]
+    if any(r.missing for r in sweeps.itertuples(index=False)):
+        lines.append("- The store is still being filled: cells hold the trials finished so far (their count "
+                     "in brackets).")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +295,7 @@ def build_report(storage: str, profile: str = "small") -> str:
         "## Set-up",
         "",
         *setup_lines(rows, profile, report["setup"]),
+        *progress_lines(storage, profile),
         "",
     ]
     for section in report["sections"]:
