@@ -14,6 +14,7 @@ Three layers, each usable alone:
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import tempfile
 import traceback
@@ -78,10 +79,53 @@ def base_row(trial: Trial, ctx: Context) -> dict:
     }
 
 
+def cap_gpu_memory(share: float) -> float | None:
+    """Cap this process's CUDA memory to its share of the card; returns the cap in GiB (None without a GPU).
+
+    Ray's fractional GPUs are bookkeeping only: without a cap, four trials at 0.25 each may take
+    whatever they like, and the one that allocates last fails, whoever overran. With the cap, a
+    trial that outgrows its share fails itself, with a message naming --gpus-per-trial. A process
+    that Tune reuses for the next trial sets it again."""
+    if not torch.cuda.is_available():
+        return None
+    device = torch.cuda.current_device()
+    fraction = min(1.0, share) if share > 0 else 1.0
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return fraction * torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def _with_extra(values: dict, **more) -> dict:
+    extra = values.get("extra")
+    extra = json.loads(extra) if isinstance(extra, str) else dict(extra or {})
+    return {**values, "extra": {**extra, **more}}
+
+
+def gpu_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it, e.g. inside a Ray Train worker) is CUDA running out of memory."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def oom_message(ctx: Context) -> str:
+    share = ctx.gpus_per_trial
+    if share <= 0:
+        return ("out of GPU memory: this trial asked Ray for no GPU (--gpus-per-trial 0) but trained on one; "
+                "give each trial a share, e.g. --gpus-per-trial 0.5")
+    more = min(1.0, 2 * share) if share < 1 else share + 1
+    return (f"out of GPU memory: each trial may use {share:g} of a GPU (--gpus-per-trial {share:g}) and this one "
+            f"needed more; run fewer per GPU, e.g. --gpus-per-trial {more:g}")
+
+
 def train_loop(config: dict):
     """Runs on every Ray Train worker; worker 0's return value becomes the trial's result."""
     ctx = Context.from_dict(config["ctx"])
     torch.set_num_threads(max(1, int(ctx.cpus_per_worker)))
+    cap_gib = cap_gpu_memory(ctx.gpus_per_trial)
     on_epoch = None
     if ctx.report_epochs and ctx.workers == 0:
         # Local mode: the trial's own process, so per-epoch metrics go straight to Tune (for
@@ -92,7 +136,14 @@ def train_loop(config: dict):
             ray.tune.report({"epoch": epoch, **metrics})
 
     trial = Trial.from_dict(config["trial"])
-    return get_kind(trial.kind).run(trial, ctx.data, on_epoch)
+    result = get_kind(trial.kind).run(trial, ctx.data, on_epoch)
+    if cap_gib is not None:  # the measured footprint sizes later sweeps' --gpus-per-trial (orchestrator/cluster.py)
+        peak = {"gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "gpu_cap_gib": round(cap_gib, 3)}
+        if "rows" in result:
+            result = {**result, "rows": [_with_extra(values, **peak) for values in result["rows"]]}
+        else:
+            result = _with_extra(result, **peak)
+    return result
 
 
 def tune_trial(config: dict) -> dict:
@@ -132,7 +183,8 @@ def tune_trial(config: dict) -> dict:
     except Exception as exc:  # a failed trial is a row, and the sweep goes on
         row["status"] = "failed"
         # The one-line cause first, then the end of the traceback for debugging.
-        row["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"
+        cause = oom_message(ctx) if gpu_oom(exc) else f"{type(exc).__name__}: {exc}"
+        row["error"] = f"{cause}\n{traceback.format_exc()[-3000:]}"
     row["finished_at"] = now()
     rows = row.pop("rows", None)
     if rows:  # several result rows from one training (cross_dataset, two_sample, adversarial), in one file

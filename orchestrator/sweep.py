@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -42,6 +45,7 @@ from orchestrator.cli import (
     parse_overrides,
     read_params_file,
 )
+from orchestrator.cluster import declared_footprint, read_capacity, resolve
 from orchestrator.data.datasets import DatasetError, DataSource
 from orchestrator.data.splits import SplitError
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
@@ -51,9 +55,12 @@ from orchestrator.report.tables import print_table, row_order
 from orchestrator.runner import Context
 from orchestrator.store import ResultStore, scores_uri_for, write_manifest
 
-# Trials per GPU when --gpus-per-trial is not given: a quick trial's small CNN uses a sliver of a
-# GPU, a CIFAR ResNet-18 at batch 256 in bf16 about a third of a modern one.
-DEFAULT_TRIALS_PER_GPU = {"quick": 4, "small": 4, "paper": 2}
+# choice: trials per Tuner run. The driver's memory grows with the trials one Tuner holds (about
+# 0.24 MB a trial measured, issue 23), so a grid runs as equal batches of at most this many; a
+# batch's start costs a few seconds (benchmarks/driver_scale.py measures both).
+TRIALS_PER_TUNER = 500
+# How long after the store holds every row of a batch the driver still waits for Ray to return.
+RAY_GRACE_S = 60.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,11 +94,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --workers)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPU share per trial, e.g. 0.25 packs 4 trials on a GPU (default: by profile, 0 without GPUs)")
+                   help="GPU share per trial, e.g. 0.25 packs 4 trials on a GPU; each trial's GPU memory is capped "
+                        "to its share (default: from the card's memory and the trials' footprint, 0 on a cluster "
+                        "that has and can launch no GPU)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None,
+                   help="memory of one GPU of the cluster, for the default --gpus-per-trial (default: a GPU on this "
+                        "machine, else the accelerator type Ray reports, else 24)")
+    p.add_argument("--trials-per-tuner", type=int, default=TRIALS_PER_TUNER,
+                   help=f"run the grid as Tuner runs of at most this many trials (default {TRIALS_PER_TUNER}): "
+                        "keeps the driver's memory flat")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray Train workers per trial: 0 = the trial's own process (fastest for one device); "
                         "N >= 1 = N DDP worker actors")
-    p.add_argument("--address", default=None, help="Ray address ('auto' on a cluster node); default: a new local Ray")
+    p.add_argument("--address", default=None,
+                   help="Ray address ('auto' on a cluster node); default: the job's cluster inside `ray job submit` "
+                        "(RAY_ADDRESS), else a new local Ray")
     p.add_argument("--report-epochs", action="store_true", help="report per-epoch metrics to Tune (for schedulers)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and what would run")
     return p.parse_args(argv)
@@ -110,6 +127,10 @@ class Plan:
 def check_resources(args: argparse.Namespace) -> None:
     if args.workers < 0 or args.cpus_per_trial <= 0 or (args.gpus_per_trial or 0) < 0:
         raise UserError("--workers must be >= 0, --cpus-per-trial > 0 and --gpus-per-trial >= 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
+        raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g}: a share above 1 must be a whole number of GPUs")
+    if (args.gpu_memory_gib is not None and args.gpu_memory_gib <= 0) or args.trials_per_tuner < 1:
+        raise UserError("--gpu-memory-gib must be > 0 and --trials-per-tuner at least 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
 
@@ -165,13 +186,17 @@ class Progress:
 
         self.callback = _Callback()
         self.total, self.every_s = total, every_s
-        self.ok = self.failed = 0
+        self.ok = self.failed = 0  # updated only from the Tuner's thread
         self.start = self.last = time.monotonic()
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
 
     def update(self, ok: bool):
         self.ok += ok
         self.failed += not ok
-        now, done = time.monotonic(), self.ok + self.failed
+        now, done = time.monotonic(), self.done
         if now - self.last >= self.every_s or done == self.total:
             self.last = now
             elapsed = now - self.start
@@ -185,83 +210,151 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run(plan: Plan, args: argparse.Namespace) -> None:
-    """Run the plan's trials on Ray Tune; every trial writes its own row."""
+def measured_footprint(store: ResultStore, profile: str, methods: list[str]) -> float | None:
+    """The largest GPU peak (GiB) stored rows of this profile and these methods measured, if any."""
+    import pyarrow.compute as pc
+
+    table = store.read(["method", "profile", "status", "extra"],
+                       filter=(pc.field("profile") == profile) & pc.field("method").isin(methods))
+    peaks = []
+    for extra, status in zip(table["extra"].to_pylist(), table["status"].to_pylist(), strict=True):
+        if status == "ok" and extra and "gpu_peak_gib" in extra:
+            peaks.append(float(json.loads(extra)["gpu_peak_gib"]))
+    return max(peaks) if peaks else None
+
+
+def batches_of(trials: list, size: int) -> list[list]:
+    """Equal batches of at most ``size`` trials, so no batch is a short tail."""
+    count = max(1, math.ceil(len(trials) / size))
+    per = math.ceil(len(trials) / count)
+    return [trials[i:i + per] for i in range(0, len(trials), per)]
+
+
+def wait_for_fit(fit: threading.Thread, store: ResultStore, keys: set[str], progress: Progress,
+                 grace_s: float = RAY_GRACE_S, poll_s: float = 5.0, store_every_s: float = 120.0) -> bool:
+    """Wait until ``fit`` returns, or until the store holds a row for every key and ``fit`` still has
+    not returned ``grace_s`` later. Returns True when Ray did not return (the driver goes on without it).
+
+    The store is read when the progress callbacks say the batch is done, else every ``store_every_s``:
+    reading a large store on every poll would cost more than the trials."""
+    done_before, last_read, complete_since = progress.done, time.monotonic(), None
+    while True:
+        fit.join(timeout=poll_s)
+        if not fit.is_alive():
+            return False
+        now = time.monotonic()
+        if complete_since is None and (progress.done - done_before >= len(keys) or now - last_read >= store_every_s):
+            last_read = now
+            statuses = store.statuses()
+            if all(k in statuses for k in keys):
+                complete_since = now
+        if complete_since is not None and now - complete_since >= grace_s:
+            print(f"note: the store holds every row of this batch but Ray has not returned {grace_s:.0f} s later; "
+                  "going on without it", flush=True)
+            return True
+
+
+def run(plan: Plan, args: argparse.Namespace) -> bool:
+    """Run the plan's trials on Ray Tune, in bounded batches; every trial writes its own row.
+
+    Returns True when Ray did not return from a batch whose rows were all stored (main then exits
+    without waiting on Ray's threads)."""
     # Tune's per-trial CSV/JSON/TensorBoard loggers cost time and files; the store is the record.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Tune's own console output (config box, per-trial tables) would drown the progress lines.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
-    from ray import tune
 
     for noisy in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    from orchestrator.runner import tune_trial
-
-    if args.address:
-        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+    # Inside `ray job submit` Ray sets RAY_ADDRESS to the job's cluster; elsewhere a new local Ray.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     else:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    hung = False
     try:
-        resources = ray.cluster_resources()
-        cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-        gpt = args.gpus_per_trial
-        if gpt is None:
-            gpt = 1.0 / DEFAULT_TRIALS_PER_GPU.get(args.profile, 1) if gpus > 0 else 0.0
-        if gpt > 0 and gpus == 0:
-            raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU")
-        plan.ctx.gpus_per_trial = gpt
-        if args.workers == 0:
-            trial_resources = {"cpu": args.cpus_per_trial, "gpu": gpt}
-            per_trial_cpus = args.cpus_per_trial
-        else:
-            # The trial itself only waits on its workers: a sliver of a CPU, so that N workers of
-            # 0.99 CPU each fit on N cores (1 + 1 per trial deadlocks on 2 cores).
-            plan.ctx.cpus_per_worker = args.cpus_per_trial * 0.99
-            trial_resources = {"cpu": 0.01}
-            per_trial_cpus = args.workers * args.cpus_per_trial
-        fit_cpu = max(1, int(cpus // per_trial_cpus))
-        fit_gpu = int(gpus // (gpt * max(1, args.workers))) if gpt > 0 else fit_cpu
-        concurrent = max(1, min(fit_cpu, fit_gpu, args.max_concurrent or fit_cpu, len(plan.todo)))
-        print(f"running {len(plan.todo)} trials, {concurrent} at a time "
-              f"({cpus:g} CPUs, {gpus:g} GPUs in the cluster; {per_trial_cpus:g} CPU, {gpt:g} GPU per trial)",
-              flush=True)
-
+        capacity = read_capacity()
+        methods = sorted({t.method for t in plan.todo})
+        footprint = None
+        if args.gpus_per_trial is None and capacity.most("GPU") > 0:
+            footprint = measured_footprint(plan.store, args.profile, methods)
+        request, concurrent, notes = resolve(
+            args.cpus_per_trial, args.gpus_per_trial, args.workers, args.max_concurrent, capacity,
+            footprint or declared_footprint(args.profile, methods), args.gpu_memory_gib)
+        concurrent = min(concurrent, len(plan.todo))
+        plan.ctx.gpus_per_trial = request.gpus
+        plan.ctx.cpus_per_worker = request.cpus_per_worker
+        batches = batches_of(plan.todo, args.trials_per_tuner)
+        print(f"running {len(plan.todo)} trials, {concurrent} at a time, in {len(batches)} batch(es) "
+              f"({request.describe()}; the cluster can grow to {capacity.most('CPU'):g} CPUs, "
+              f"{capacity.most('GPU'):g} GPUs: {capacity.source})", flush=True)
+        for note in notes:
+            print(f"note: {note}", flush=True)
         progress = Progress(len(plan.todo))
-        tune_dir = tempfile.mkdtemp(prefix="adsweep-tune-")
-        plan.ctx.train_storage = tune_dir
-        tuner = tune.Tuner(
-            tune.with_resources(tune_trial, trial_resources),
-            param_space={"trial": tune.grid_search([t.to_dict() for t in plan.todo]), "ctx": plan.ctx.to_dict()},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrent,
-                reuse_actors=True,  # one process serves many trials: no start-up per trial
-                trial_dirname_creator=lambda t: t.trial_id,
-            ),
-            run_config=tune.RunConfig(
-                name="adsweep",
-                storage_path=tune_dir,
-                verbose=0,
-                callbacks=[progress.callback],
-                # A trial whose process or node died is re-run elsewhere (twice at most).
-                failure_config=tune.FailureConfig(max_failures=2),
-            ),
-        )
-        grid = tuner.fit()
-        # A trial that died with its process never wrote its row: record the failure here.
-        statuses = plan.store.statuses()
-        for result in grid:
-            trial = Trial.from_dict(result.config["trial"]) if result.config else None
-            if result.error is not None and trial and statuses.get(trial.key) is None:
-                from orchestrator.runner import base_row
-
-                plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
-                                  "error": f"{type(result.error).__name__}: {result.error}"[:2000]})
-        shutil.rmtree(tune_dir, ignore_errors=True)
+        for batch in batches:
+            hung |= run_batch(batch, plan, request, concurrent, progress)
     finally:
-        ray.shutdown()
+        if hung:  # Ray's shutdown may hang the same way: give it a bounded time
+            stopper = threading.Thread(target=ray.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(timeout=RAY_GRACE_S)
+        else:
+            ray.shutdown()
+    return hung
+
+
+def run_batch(batch: list[Trial], plan: Plan, request, concurrent: int, progress: Progress) -> bool:
+    """One Tuner over a bounded batch: the driver's memory follows the batch, not the grid."""
+    from ray import tune
+
+    from orchestrator.runner import base_row, tune_trial
+
+    tune_dir = tempfile.mkdtemp(prefix="adsweep-tune-")
+    plan.ctx.train_storage = tune_dir
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trial, request.tune_resources()),
+        param_space={"trial": tune.grid_search([t.to_dict() for t in batch]), "ctx": plan.ctx.to_dict()},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=min(concurrent, len(batch)),
+            reuse_actors=True,  # one process serves many trials: no start-up per trial
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name="adsweep",
+            storage_path=tune_dir,
+            verbose=0,
+            callbacks=[progress.callback],
+            # A trial whose process or node died is re-run elsewhere (twice at most).
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["grid"] = tuner.fit()
+        except BaseException as exc:  # raised again in the driver's thread below
+            outcome["error"] = exc
+
+    fitting = threading.Thread(target=fit, name="tuner-fit", daemon=True)
+    fitting.start()
+    hung = wait_for_fit(fitting, plan.store, {t.key for t in batch}, progress)
+    if "error" in outcome:
+        raise outcome["error"]
+    # A trial that died with its process never wrote its row: record the failure here.
+    statuses = plan.store.statuses() if "grid" in outcome else {}
+    for result in outcome.get("grid", []):
+        trial = Trial.from_dict(result.config["trial"]) if result.config else None
+        if result.error is not None and trial and statuses.get(trial.key) is None:
+            plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
+                              "error": f"{type(result.error).__name__}: {result.error}"[:2000]})
+    if not hung:
+        shutil.rmtree(tune_dir, ignore_errors=True)
+    return hung
 
 
 def main(argv=None) -> int:
@@ -292,7 +385,7 @@ def main(argv=None) -> int:
     if plan.todo:
         start = time.monotonic()
         try:
-            run(plan, args)
+            RAY_DID_NOT_RETURN[0] = run(plan, args)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -310,6 +403,14 @@ def main(argv=None) -> int:
     return 0 if rows.loc[rows["status"] == "ok", "trial_key"].nunique() == len(plan.trials) else 1
 
 
+# Set when Ray did not return after every row was stored: then the process ends without waiting on Ray's threads.
+RAY_DID_NOT_RETURN = [False]
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if RAY_DID_NOT_RETURN[0]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
