@@ -61,7 +61,9 @@ class ContrastiveConfig:
     (benchmarks/records/train_throughput-resnet18_narrow.json); off by default, since a CPU without native
     bf16 emulates it"""
     compile: bool = False
-    """torch.compile the model"""
+    """torch.compile the network on the CPU as well (Inductor; ~30 s to compile a ResNet-18 step there). On CUDA
+    it is compiled anyway, with fixed batch shapes (methods/trainer.py HotPath; ADSWEEP_COMPILE=0 turns that
+    off). Not a new field for the CUDA default: a field or default changes every trial key"""
 
 
 # The quick profile's values that every method here shares: the small CNN, 64 digits per step, and

@@ -9,16 +9,20 @@ for all:
   an equal shard of each global batch (a global batch is cut to a multiple of the world size); each rank
   augments with its own generator, seeded by (seed, rank); that is the seeding rule of every method;
 - under torch.distributed the network is wrapped in DistributedDataParallel (optionally with synchronised
-  BatchNorm on CUDA), optionally torch.compile'd; the learning rate follows the schedule per step;
+  BatchNorm on CUDA); the learning rate follows the schedule per step;
+- the hot path (`HotPath`) depends on the device: on CUDA every batch has the same shape, the network is
+  torch.compile'd and cuDNN picks its kernels by measuring (`cudnn.benchmark`); on the CPU the default is
+  today's eager loop with near-equal batches, so CPU numbers stay what they were (each can be asked for);
 - the step losses stay on the device: one host sync per epoch, averaged over the ranks;
 - after the last epoch every rank takes rank 0's BatchNorm statistics, so all ranks score alike.
 
-`Precision` holds the device flags every method shares (bf16 autocast, channels_last) and `seeded`
-builds a network from a seed without touching the caller's random state.
+`Precision` holds the device flags every method shares (bf16 autocast, channels_last), `HotPath` how the
+step runs there, and `seeded` builds a network from a seed without touching the caller's random state.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +83,99 @@ class Precision:
         return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
 
+# Environment switches of the hot path: "0" or "1" overrides the device's default for every fit in the
+# process (Ray's local workers inherit the driver's environment). Environment, not a Config field, because
+# a new field or default would change every trial's key (the hash of its whole Config) and orphan the rows
+# a store already holds; the fit summary (and so the row's `extra`) says what ran.
+COMPILE_ENV, FIXED_SHAPES_ENV, CUDA_GRAPHS_ENV = "ADSWEEP_COMPILE", "ADSWEEP_FIXED_SHAPES", "ADSWEEP_CUDA_GRAPHS"
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip()
+    if value in ("", "auto"):
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"{name}={value!r}: use 0, 1 or leave it unset")
+    return value == "1"
+
+
+@dataclass(frozen=True)
+class HotPath:
+    """How a training step runs on a device. Defaults: on CUDA fixed batch shapes + torch.compile of the network
+    (forward and backward) + cudnn.benchmark, the issue-24 hot path; on the CPU none of them, so that a CPU run
+    gives the numbers it gave before (bit for bit, tests/test_hotpath.py). An argument of `choose` wins (a
+    Config's compile=True asks for compilation on the CPU too), then the environment (ADSWEEP_COMPILE,
+    ADSWEEP_FIXED_SHAPES, ADSWEEP_CUDA_GRAPHS = 0 / 1; ADSWEEP_COMPILE=0 is the off switch on CUDA), then the
+    device default.
+
+    - fixed_shapes: every step sees exactly B = min(batch_size, n) images (a multiple of the world size); the
+      number of steps per epoch stays round(n / B), as without, so the schedule is the same; the epoch's
+      permutation is cut after steps x B images, i.e. the remainder is dropped when steps x B < n (at most
+      B / 2 images, other ones every epoch) and wrapped (the first steps x B - n images of the permutation
+      train twice) when steps x B > n. Without it: near-equal batches of n / steps (255 and 254 ...), whose
+      shapes change with every trial's n and defeat compiled code, CUDA graphs and cuDNN's autotuning.
+    - compile: torch.compile of the (DDP-wrapped) network; its backward is compiled with it (AOTAutograd).
+      The augmentation and the losses stay eager: they draw from explicit torch.Generators, on which Dynamo
+      breaks the graph (torch 2.14: "Missing as_proxy() ... Generator"), so compiling the whole step function
+      would give a dozen graphs per step and no CUDA graph. Compiled code is reused across the trials a
+      process runs: Dynamo caches per code object and treats parameters as inputs, so a new network of the same
+      class, shapes and precision runs the cached graphs (and Inductor's on-disk FX-graph cache serves
+      another process); with fixed shapes compilation is static (dynamic=False).
+    - cuda_graphs: compile with mode="reduce-overhead" (CUDA graphs), for steps too small to keep a GPU busy
+      (MSC's and Deep SVDD's 128 rows). Off by default: not measured on a GPU yet (benchmarks/gpu_check.py
+      measures it); CUDA only.
+    """
+
+    compile: bool = False
+    fixed_shapes: bool = False
+    cuda_graphs: bool = False
+
+    @staticmethod
+    def choose(device, compile: bool | None = None, fixed_shapes: bool | None = None,
+               cuda_graphs: bool | None = None) -> HotPath:
+        cuda = torch.device(device).type == "cuda"
+
+        def pick(arg, env):
+            return arg if arg is not None else (flag if (flag := _env_flag(env)) is not None else cuda)
+
+        graphs = cuda and (cuda_graphs if cuda_graphs is not None else bool(_env_flag(CUDA_GRAPHS_ENV)))
+        return HotPath(pick(compile, COMPILE_ENV) or graphs, pick(fixed_shapes, FIXED_SHAPES_ENV) or graphs, graphs)
+
+    def wrap(self, model: nn.Module) -> Callable:
+        """The network to train through: compiled when asked (static shapes with fixed batches)."""
+        if not self.compile:
+            return model
+        return torch.compile(model, dynamic=False if self.fixed_shapes else None,
+                             mode="reduce-overhead" if self.cuda_graphs else None)
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Global steps per epoch, with or without fixed shapes: round(n / B), at least 1."""
+    return max(1, round(n_images / batch_size)) if batch_size > 0 else 1
+
+
+def fixed_batch_size(n_images: int, batch_size: int, world_size: int) -> int:
+    """The one global batch size of a fit with fixed shapes: min(B, n), cut to a multiple of the world size."""
+    return min(batch_size, n_images) // world_size * world_size
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int, world_size: int, fixed_shapes: bool) -> list[torch.Tensor]:
+    """One epoch's global batches (row indices) from its permutation `order` of the n training rows, each cut to
+    a multiple of the world size (equal DDP shards). fixed_shapes: all of one size, see `HotPath`; otherwise
+    round(n / B) near-equal batches that cover every row once (the CPU default)."""
+    n = order.numel()
+    if not fixed_shapes:
+        batches = [b[: len(b) // world_size * world_size] for b in order.tensor_split(steps_per_epoch(n, batch_size))]
+        return [b for b in batches if len(b)]
+    size = fixed_batch_size(n, batch_size, world_size)
+    if size == 0:
+        return []
+    steps = steps_per_epoch(n, size)
+    need = steps * size  # within size / 2 of n: drop the tail of the permutation or wrap onto its head
+    rows = order[:need] if need <= n else torch.cat([order, order[: need - n]])
+    return list(rows.view(steps, size).unbind(0))
+
+
 def seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
     """make() with torch's CPU generator seeded by `seed` (same weights on any device), leaving the caller's
     global random state as it was."""
@@ -117,22 +214,31 @@ class FitResult:
     seconds: float
     images_per_second: float | None
     history: dict[str, float] = field(default_factory=lambda: {"loss": float("nan")})  # the last epoch's means
+    hot_path: HotPath = field(default_factory=HotPath)
 
     def summary(self) -> dict:
-        """What `Method.fit` returns: epochs, steps, final_loss, final_<term>, world_size, fit_seconds."""
+        """What `Method.fit` returns: epochs, steps, final_loss, final_<term>, world_size, fit_seconds, and how the
+        step ran (compiled, fixed_batches, cuda_graphs: into the row's `extra`)."""
         return {"epochs": self.epochs, "steps": self.steps, "final_loss": self.history.get("loss", float("nan")),
                 **{f"final_{k}": v for k, v in self.history.items() if k != "loss"},
-                "world_size": self.world_size, "fit_seconds": self.seconds}
+                "world_size": self.world_size, "fit_seconds": self.seconds, "compiled": self.hot_path.compile,
+                "fixed_batches": self.hot_path.fixed_shapes, "cuda_graphs": self.hot_path.cuda_graphs}
 
 
 def fit(net: nn.Module, step_loss: StepLoss, n_images: int, *, epochs: int, batch_size: int, seed: int,
         device: torch.device, make_optimizer: Callable[[list], torch.optim.Optimizer],
-        schedule: Schedule | None = None, compile: bool = False, sync_bn: bool = False,
+        schedule: Schedule | None = None, compile: bool = False, hot_path: HotPath | None = None,
+        sync_bn: bool = False,
         start_epoch: Callable[[int], None] | None = None,
         on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
     """Train `net` in place for `epochs` passes over n_images training rows. on_epoch(epoch, {"loss", ...,
-    "lr"}) after each epoch (1-based; under DDP on every rank, with the losses averaged over the ranks)."""
+    "lr"}) after each epoch (1-based; under DDP on every rank, with the losses averaged over the ranks).
+    compile=True (a Config's `compile`) compiles on every device, the CPU too; False leaves it to the device's
+    default. hot_path: exactly this hot path (benchmarks, tests); None = `HotPath.choose` for the device."""
     device = torch.device(device)
+    hot = hot_path or HotPath.choose(device, compile=True if compile else None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN measures its kernels once per shape
     t0 = time.perf_counter()
     rank, world_size = world()
     if world_size > 1 and sync_bn and device.type == "cuda":  # torch has no SyncBatchNorm kernel on the CPU
@@ -140,10 +246,11 @@ def fit(net: nn.Module, step_loss: StepLoss, n_images: int, *, epochs: int, batc
     model = net
     if world_size > 1:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    forward = torch.compile(model) if compile else model
+    forward = hot.wrap(model)
     opt = make_optimizer(list(net.parameters()))
-    steps = max(1, round(n_images / batch_size))  # near-equal global batches that cover every image once
-    lr_at = schedule or (lambda step, steps_per_epoch: 1.0)
+    steps = steps_per_epoch(n_images, fixed_batch_size(n_images, batch_size, world_size) if hot.fixed_shapes
+                            else batch_size)
+    lr_at = schedule or (lambda step, per_epoch: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps))
     order_gen, aug_gen = generators(seed, device)
 
@@ -154,10 +261,8 @@ def fit(net: nn.Module, step_loss: StepLoss, n_images: int, *, epochs: int, batc
             start_epoch(epoch)
         net.train()
         totals, names = [], None
-        for batch in torch.randperm(n_images, generator=order_gen, device=device).tensor_split(steps):
-            batch = batch[: len(batch) // world_size * world_size]  # equal shards: DDP averages like one process
-            if len(batch) == 0:
-                continue
+        order = torch.randperm(n_images, generator=order_gen, device=device)
+        for batch in epoch_batches(order, batch_size, world_size, hot.fixed_shapes):  # equal DDP shards
             parts = step_loss(forward, batch.tensor_split(world_size)[rank], epoch, aug_gen)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -180,4 +285,4 @@ def fit(net: nn.Module, step_loss: StepLoss, n_images: int, *, epochs: int, batc
             dist.broadcast(buf, src=0)
     seconds = time.perf_counter() - t0
     return FitResult(epochs, epochs * steps, world_size, seconds, seen / seconds if seconds > 0 and seen else None,
-                     history)
+                     history, hot)
