@@ -185,9 +185,15 @@ def read_capacity() -> Capacity:
     if found and path:
         try:
             with open(path) as f:
-                return Capacity(node_types_of(yaml.safe_load(f)), f"the autoscaler's node types ({path})")
+                types = node_types_of(yaml.safe_load(f))
         except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-            pass  # unreadable: the nodes up now, with the note below
+            types = []  # unreadable: the nodes up now, with the note below
+        undeclared = [t.name for t in types if not t.resources and t.max_count > 0]
+        if types and not undeclared:
+            return Capacity(types, f"the autoscaler's node types ({path})")
+        if undeclared:  # e.g. cluster-local.yaml: Ray detects each machine's resources when it joins
+            return Capacity(_nodes_up(), f"the nodes up now (node types {', '.join(undeclared)} declare no "
+                                         "resources)", known=False)
     if found:
         return Capacity(_nodes_up(), "the nodes up now (no autoscaler)")
     return Capacity(_nodes_up(), "the nodes up now; the autoscaler's node types could not be read from here",

@@ -133,12 +133,16 @@ def suggest(trial, params: dict) -> dict:
 
 def search_trainable(config: dict, ctx: dict) -> dict:
     """Ray Tune trainable: train every pair with the proposed params; objective = mean auroc_val."""
+    import ray
     import ray.tune
     import torch
 
     from orchestrator.experiments import one_class
+    from orchestrator.runner import cap_gpu_memory
 
     torch.set_num_threads(max(1, int(ctx.get("cpus_per_trial", 1))))
+    cap_gpu_memory(ctx.get("gpus_per_trial", 0.0))  # the same share and cap as a sweep trial
+    node_id = ray.get_runtime_context().get_node_id()
     params = {**ctx["base_params"], **config}
     trials = [dataclasses.replace(Trial.from_dict(t), params=params) for t in ctx["trials"]]
     source = DataSource(**ctx["data"])
@@ -150,22 +154,23 @@ def search_trainable(config: dict, ctx: dict) -> dict:
             current = metrics.get("auroc_val")
             if current is not None:  # running objective: finished pairs + this pair so far
                 ray.tune.report({"auroc_val": float(np.mean([*finished, current])), "pair": j, "epoch": epoch,
-                                 "step": j * epochs + epoch})
+                                 "step": j * epochs + epoch, "node_id": node_id})
 
         row = one_class.run(trial, source, on_epoch, evaluate_test=False, val_every=ctx.get("val_every", 1))
         finished.append(row["auroc_val"])
     final = float(np.mean(finished))
     return {"auroc_val": final, "pair": len(trials), "epoch": epochs, "step": len(trials) * epochs + 1,
-            "per_pair": finished}
+            "per_pair": finished, "node_id": node_id}
 
 
-def search_row(ctx: dict, params: dict, auroc_val: float | None, status: str, error: str | None = None) -> dict:
+def search_row(ctx: dict, params: dict, auroc_val: float | None, status: str, error: str | None = None,
+               node_id: str | None = None) -> dict:
     full = {**ctx["base_params"], **params}
     first = {k: v for k, v in ctx["trials"][0].items() if k not in ("normal_class", "anomaly_class", "params")}
     config = {"kind": "search", **first, "pairs": [list(p) for p in ctx["pairs"]], "params": full}
     return {
         "trial_key": key_of(config), "sweep": ctx["study"], "kind": "search", "experiment": first["kind"],
-        "config": config, "params": full, "status": status, "error": error, "auroc_val": auroc_val,
+        "config": config, "params": full, "status": status, "error": error, "auroc_val": auroc_val, "node_id": node_id,
         **{k: first[k] for k in ("profile", "scenario", "method", "dataset", "gamma_p", "gamma_l",
                                  "gamma_l_normal", "labeled_anomalies", "val_fraction", "seed")},
         "finished_at": datetime.now(timezone.utc),
@@ -202,7 +207,13 @@ def parse_args(argv=None):
     p.add_argument("--storage", default="results", help="the result store for the search rows")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fixed method parameters for every trial, e.g. --set epochs=20")
-    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share per trial, as for a sweep (default: the share a sweep would take)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of one GPU, as for a sweep")
+    p.add_argument("--address", default=None,
+                   help="Ray address; default: the job's cluster inside `ray job submit`, else a new local Ray")
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("--val-every", type=int, default=2, help="validation AUROC every k epochs (for ASHA)")
     return p.parse_args(argv)
@@ -222,6 +233,8 @@ def build(args) -> dict:
         raise UserError(f"a search trains one_class grid points; {args.scenario} is a {scenario.kind} scenario")
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
+    if args.cpus_per_trial <= 0 or (args.gpus_per_trial or 0) < 0:
+        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     overrides, split_over = parse_overrides(args.overrides, [args.method])
     gamma_p = args.gamma_p if args.gamma_p is not None else scenario.gamma_p[len(scenario.gamma_p) // 2]
     request = Request(scenario=args.scenario, profile=args.profile, methods=[args.method], dataset=args.dataset,
@@ -237,7 +250,8 @@ def build(args) -> dict:
     study = args.study or f"{args.method}-{args.scenario}-{args.profile}"
     return {"space": space, "trials": [t.to_dict() for t in trials], "pairs": [list(p) for p in args.pairs],
             "study": study, "base_params": trials[0].params, "data": dataclasses.asdict(source),
-            "val_every": args.val_every, "cpus_per_trial": 1, "gamma_p": float(gamma_p)}
+            "val_every": args.val_every, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": 0.0,
+            "gamma_p": float(gamma_p)}
 
 
 def main(argv=None) -> int:
@@ -254,7 +268,12 @@ def main(argv=None) -> int:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.cluster import declared_footprint, read_capacity, resolve
+    from orchestrator.runner import Context, gpu_oom, oom_message
     from orchestrator.store import ResultStore
+
+    def oom_message_for(gpus: float) -> str:
+        return oom_message(Context(storage=args.storage, gpus_per_trial=gpus))
 
     for noisy in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication", "optuna"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -279,15 +298,30 @@ def main(argv=None) -> int:
     scheduler = None if args.no_asha else ASHAScheduler(
         time_attr="step", max_t=max_t, grace_period=epochs, reduction_factor=2)  # judge after a whole pair
 
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    concurrent = max(1, min(cpus, args.max_concurrent or cpus, args.trials))
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        # The same per-trial request as a sweep of this method and profile (orchestrator/cluster.py).
+        request, concurrent, notes = resolve(args.cpus_per_trial, args.gpus_per_trial, 0, args.max_concurrent,
+                                             read_capacity(), declared_footprint(args.profile, [args.method]),
+                                             args.gpu_memory_gib)
+    except UserError as exc:
+        ray.shutdown()
+        return fail(exc)
+    ctx["gpus_per_trial"] = request.gpus
+    concurrent = min(concurrent, args.trials)
     print(f"search {ctx['study']}: {args.trials} new trials ({previous} in the study already), {concurrent} at a "
-          f"time, pairs {ctx['pairs']}, gamma_p {ctx['gamma_p']}; objective auroc_val (validation only)")
+          f"time ({request.describe()}), pairs {ctx['pairs']}, gamma_p {ctx['gamma_p']}; objective auroc_val "
+          "(validation only)")
+    for note in notes:
+        print(f"note: {note}")
     tune_dir = tempfile.mkdtemp(prefix="adsweep-search-")
     try:
         grid = tune.Tuner(
-            tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), {"cpu": 1}),
+            tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), request.tune_resources()),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                                         max_concurrent_trials=concurrent, metric="auroc_val", mode="max",
                                         reuse_actors=True),
@@ -303,8 +337,12 @@ def main(argv=None) -> int:
         metrics = result.metrics or {}
         finished = metrics.get("pair") == len(ctx["pairs"])
         status = "failed" if result.error else ("ok" if finished else "stopped")
-        store.write(search_row(ctx, dict(result.config or {}), metrics.get("auroc_val"), status,
-                               f"{type(result.error).__name__}: {result.error}" if result.error else None))
+        error = None
+        if result.error:
+            error = oom_message_for(request.gpus) if gpu_oom(result.error) else \
+                f"{type(result.error).__name__}: {result.error}"
+        store.write(search_row(ctx, dict(result.config or {}), metrics.get("auroc_val"), status, error,
+                               metrics.get("node_id")))
 
     rows = store.read(["kind", "sweep", "status", "auroc_val", "params"]).to_pandas()
     done = rows[(rows["kind"] == "search") & (rows["sweep"] == ctx["study"]) & (rows["status"] == "ok")]
