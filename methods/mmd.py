@@ -7,12 +7,40 @@ Batched over any leading dimensions (e.g. the samplings of an experiment) and ov
 for a pooled kernel matrix K (2n x 2n) and a split into X (the first n of a permutation) and Y (the last n),
     sum_{i != j} H_ij = s^T K s - tr K + 2 sum_i K(x_i, y_i),     s = +1 on X, -1 on Y,
 so every permutation costs one (2n,) x (2n, 2n) product and one gather, with no (n_perm, 2n, 2n) copy.
+
+Memory: a batch of S samplings holds S pooled kernels (2n x 2n) and S x n_perm split vectors (2n); at the
+paper's largest n (2,000, Table 1) one sampling is ~64 MB of kernel and ~40 MB of splits, so callers size
+their batches with `samplings_per_batch`, which keeps a batch under a fixed budget whatever n is.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+MEMORY_BUDGET = 1 << 30
+"""bytes a batch of samplings may take (kernels, split signs, permutation orders): 1 GiB"""
+
+
+def bytes_per_sampling(n: int, n_perm: int) -> int:
+    """What one sampling's test costs in memory: the pooled (2n x 2n) float kernel, and per permutation the
+    random keys (float), the order (int64), the signs and their product with the kernel (2 floats) over 2n.
+
+    >>> bytes_per_sampling(2000, 500) // 2**20
+    99
+    """
+    two_n = 2 * n
+    return 4 * two_n * two_n + n_perm * two_n * (4 + 8 + 4 + 4)
+
+
+def samplings_per_batch(n: int, n_perm: int, most: int, budget: int = MEMORY_BUDGET) -> int:
+    """How many samplings to test at once: at most `most`, and no more than fit in `budget` bytes (at least one).
+    Memory then stays under the budget as n grows instead of growing as most x (2n)^2.
+
+    >>> samplings_per_batch(20, 500, 250), samplings_per_batch(2000, 500, 250)
+    (250, 10)
+    """
+    return max(1, min(most, budget // bytes_per_sampling(n, n_perm)))
 
 
 def cosine_kernel(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

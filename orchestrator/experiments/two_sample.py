@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from methods.augment import to_float
-from methods.mmd import cosine_kernel, mmd_cc_null, mmd_test, mmd_u2, permutation_p_value
+from methods.mmd import cosine_kernel, mmd_cc_null, mmd_test, mmd_u2, permutation_p_value, samplings_per_batch
 from orchestrator.data.datasets import DatasetError, DataSource, to_shape
 from orchestrator.data.splits import stable_seed
 from orchestrator.experiments.attacks import attack
@@ -49,7 +49,8 @@ def two_sample_draws(f_clean: torch.Tensor, shifted: dict[str, torch.Tensor], n:
                      seed_parts: tuple) -> dict[str, dict[str, np.ndarray]]:
     """For sample size n: n_samplings draws of disjoint S_P^(1), S_P^(2), S_Q' (clean) from f_clean (N, D) and
     of S_Q from each shifted pool (M, D). -> {"clean" | shift: {"MMD": p (S,), "MMD-CC": p, "MMD est": ...}}.
-    Every draw's tests run at once, in chunks of s.chunk draws, all permutations in one tensor op."""
+    Every draw's tests run at once, in batches of at most s.chunk draws (fewer where n is large, so memory stays
+    under methods/mmd.MEMORY_BUDGET), all permutations in one tensor op."""
     dev = f_clean.device
     gen = generator(dev, "draws", *seed_parts, n)
     perm_gen = generator(dev, "permutations", *seed_parts, n)
@@ -58,8 +59,9 @@ def two_sample_draws(f_clean: torch.Tensor, shifted: dict[str, torch.Tensor], n:
     def add(key, stat, value):
         out.setdefault(key, {}).setdefault(stat, []).append(value.cpu())
 
-    for start in range(0, s.n_samplings, s.chunk):
-        m = min(s.chunk, s.n_samplings - start)
+    batch = samplings_per_batch(n, s.n_perm, s.chunk)
+    for start in range(0, s.n_samplings, batch):
+        m = min(batch, s.n_samplings - start)
         pick = torch.rand(m, f_clean.shape[0], generator=gen, device=dev).argsort(1)[:, : 3 * n]  # no replacement
         p1, p2, q0 = (f_clean[pick[:, k * n:(k + 1) * n]] for k in range(3))  # (m, n, D) each
         cc_null = mmd_cc_null(p1, p2, s.n_perm, perm_gen)  # Algorithm 1's null: clean samples only
