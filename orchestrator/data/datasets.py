@@ -13,6 +13,19 @@ Names ``load_dataset`` accepts:
 - ``imagefolder:/path/to/tree``, a plain existing directory, or a folder under ``data_root``:
   ``train/<class>/*.jpg|png`` and ``test/<class>/*``, class index = position in the sorted folder names.
 
+Sets used only as shifts or out-of-distribution test images (CADet's experiments), read by
+``load_shift_images`` into the in-distribution shape; they need no training split:
+
+- ``mnist``: the test files alone suffice (t10k-images/labels-idx*-ubyte[.gz] under ``data_root`` or
+  ``data_root/MNIST/raw``), so the 10,000 MNIST test digits serve as far OOD where the training files are absent.
+- ``cifar10.1``: CIFAR-10.1 (Recht et al. 2019), ``data_root/CIFAR-10.1/cifar10.1_v6_data.npy`` (or ``_v4_``,
+  or the file directly under ``data_root``), as its authors distribute it: uint8 (N, 32, 32, 3).
+- ``imagenet-o`` and ``inaturalist``: folders of images under ``data_root`` (``imagenet-o/<wnid>/*.jpg`` as
+  Hendrycks et al. ship it; ``iNaturalist/`` (any layout below it), the plant subset of Huang & Li 2021), each
+  image centre-cropped to a square and resized.
+- ``images:/path``: any folder of images (searched recursively), the same way.
+- any other name ``load_dataset`` accepts (an ImageFolder tree, cifar100, svhn): its test split.
+
 A trial stores a dataset's name, never the folder one machine keeps it in: an ImageFolder tree is
 ``imagefolder:<folder name>``, and the run's ``DataSource`` maps that name to the folder (or finds it
 under ``data_root`` on another machine).
@@ -39,7 +52,7 @@ import torch
 from orchestrator.data.formats import DATASETS, IMAGEFOLDER, DatasetError, ImageData, Loader, read_idx
 
 __all__ = ["DataSource", "DatasetError", "ImageData", "check_dataset", "dataset_names", "dataset_ref",
-           "load_dataset", "read_idx", "to_shape"]
+           "load_dataset", "load_shift_images", "read_idx", "to_shape"]
 
 # Bump when the tensors a loader builds change, so old disk caches are never read again.
 _CACHE_FORMAT = 1
@@ -261,3 +274,79 @@ def _write_cache(data: ImageData, path: Path) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sets used only as shifts / out-of-distribution test images (no training split needed)
+
+_FOLDER_SETS = {"imagenet-o": ("imagenet-o", "imagenet_o", "ImageNet-O"), "inaturalist": ("iNaturalist", "inaturalist")}
+SHIFT_SETS = ("mnist", "cifar10.1", *_FOLDER_SETS)
+_IMAGE_FILES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG")
+
+
+def _mnist_test(root: Path) -> torch.Tensor:
+    for folder in (root, root / "MNIST" / "raw"):
+        for stem in ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"):
+            for path in (folder / stem, folder / f"{stem}.gz"):
+                if path.is_file():
+                    return torch.from_numpy(read_idx(path)[:, None].copy())
+    raise DatasetError(f"mnist: no t10k-images-idx3-ubyte[.gz] in {root} or {root / 'MNIST' / 'raw'}")
+
+
+def _cifar10_1(root: Path) -> torch.Tensor:
+    import numpy as np
+
+    for folder in (root / "CIFAR-10.1", root / "cifar10.1", root):
+        for version in ("v6", "v4"):
+            path = folder / f"cifar10.1_{version}_data.npy"
+            if path.is_file():
+                x = np.load(path)
+                if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+                    raise DatasetError(f"{path}: expected uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+                return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    raise DatasetError(f"cifar10.1: no cifar10.1_v6_data.npy (or _v4_) in {root}/CIFAR-10.1 or {root}; get it from "
+                       "github.com/modestyachts/CIFAR-10.1 (datasets/)")
+
+
+def _image_files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix in _IMAGE_FILES and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def _square_resize(images: list[torch.Tensor], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Each decoded image centre-cropped to a square, then to_shape (channels, antialiased resize)."""
+    out = []
+    for img in images:
+        if img.shape[0] == 4:  # RGBA: drop alpha
+            img = img[:3]
+        h, w = img.shape[-2:]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        out.append(to_shape(img[None, :, top:top + side, left:left + side], shape))
+    return torch.cat(out) if out else torch.zeros((0, *shape), dtype=torch.uint8)
+
+
+def load_shift_images(name: str, source: DataSource, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The images of a set used as a shift or OOD test set (see the module docstring), uint8 (N, *shape).
+    Raises DatasetError with one line when this machine does not have it."""
+    from orchestrator.data.formats import _decode_files
+
+    root = Path(source.root or default_data_root()).expanduser()
+    if name == "mnist":
+        try:
+            return to_shape(source.load(name).test_images, shape)
+        except DatasetError:  # the full set is absent; its test files alone are enough here
+            return to_shape(_mnist_test(root), shape)
+    if name == "cifar10.1":
+        return to_shape(_cifar10_1(root), shape)
+    if name in _FOLDER_SETS or name.startswith("images:"):
+        folders = ([root / f for f in _FOLDER_SETS[name]] if name in _FOLDER_SETS
+                   else [Path(name[len("images:"):]).expanduser()])
+        folder = next((f for f in folders if f.is_dir()), None)
+        if folder is None:
+            raise DatasetError(f"{name}: no folder {' or '.join(map(str, folders))}")
+        files = _image_files(folder)
+        if not files:
+            raise DatasetError(f"{name}: {folder} holds no .jpg/.jpeg/.png images")
+        return _square_resize(_decode_files(files), shape)
+    return to_shape(source.load(name).test_images, shape)
