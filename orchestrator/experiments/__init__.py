@@ -4,7 +4,7 @@ with a `KIND = Kind(...)` (see kind.py) plus one line here plus its scenario."""
 
 from __future__ import annotations
 
-from orchestrator.experiments import adversarial, cross_dataset, one_class, two_sample
+from orchestrator.experiments import adversarial, cross_dataset, one_class, ood_detection, rejection, two_sample
 from orchestrator.experiments.kind import Kind
 
 KINDS: dict[str, Kind] = {
@@ -12,6 +12,9 @@ KINDS: dict[str, Kind] = {
     "cross_dataset": cross_dataset.KIND,
     "two_sample": two_sample.KIND,
     "adversarial": adversarial.KIND,
+    "rejection": rejection.KIND,
+    "ood_detection": ood_detection.KIND,
+    "transforms_curve": ood_detection.CURVE_KIND,
 }
 
 

@@ -95,7 +95,8 @@ class Settings:
     """its optimiser, learning rate (cosine to 0), weight decay, and training crops (area fraction in [this,
     1]) with flips when < 1 (1 = no augmentation)"""
     chunk: int = 250
-    """samplings per batched computation (memory: chunk x n_perm x 2n floats)"""
+    """samplings per batched computation at most (fewer at large n: methods/mmd.samplings_per_batch keeps a
+    batch under a fixed memory budget)"""
     training: str = "contrastive"
     """the detector's features: CADet's contrastive pre-training or the classifier's ("supervised")"""
 
@@ -135,9 +136,10 @@ def add_shifts(settings: dict, labeled: str | None, test: list[str] | None) -> d
     return {**settings, "shifts": [*settings["shifts"], *(d for d in test or [] if d not in settings["shifts"])]}
 
 
-def settings_of(trial: Trial) -> Settings:
+def settings_of(trial: Trial, cls: type = Settings) -> Settings:
+    """The trial's settings as `cls` (Settings, or a kind's subclass of it with fields of its own)."""
     s = {k: tuple(v) if isinstance(v, list) else v for k, v in trial.settings.items()}
-    settings = Settings(**s)
+    settings = cls(**s)
     if settings.training not in TRAININGS:
         raise ValueError(f"training={settings.training!r}: use one of {', '.join(TRAININGS)}")
     return settings
@@ -229,13 +231,20 @@ class Setup:
     summary: dict
     test_in: torch.Tensor  # uint8 in-distribution test images
     test_in_labels: torch.Tensor  # remapped to 0..k-1
+    train_in: torch.Tensor | None = None  # uint8 in-distribution training images (holdout excluded)
+    train_in_labels: torch.Tensor | None = None  # remapped
+    parts: dict | None = None  # indices into train_in: "val1", "val2" (calibration), "fit" (the classifier's)
+    holdout: torch.Tensor | None = None  # uint8 training images no network saw (`holdout` of prepare)
+    holdout_labels: torch.Tensor | None = None  # their original class labels
 
 
-def prepare(trial: Trial, source: DataSource, need_classifier: bool) -> Setup:
+def prepare(trial: Trial, source: DataSource, need_classifier: bool, settings: Settings | None = None,
+            holdout: int = 0) -> Setup:
     """Load the data, train the classifier if needed, build the detector (CADet pre-trained and calibrated,
-    or calibrated on the classifier's features)."""
+    or calibrated on the classifier's features). `holdout` > 0 first sets that many in-distribution training
+    images (seeded) aside from everything: no pre-training, classifier or calibration sees them."""
     device = pick_device()
-    s = settings_of(trial)
+    s = settings or settings_of(trial)
     data = source.load(trial.dataset)
     classes = in_distribution(trial.normal_class, s.in_classes, data.num_classes)
     remap = torch.full((data.num_classes,), -1, dtype=torch.long)
@@ -243,6 +252,15 @@ def prepare(trial: Trial, source: DataSource, need_classifier: bool) -> Setup:
     train_mask = remap[data.train_labels] >= 0
     train_images, train_labels = data.train_images[train_mask], remap[data.train_labels[train_mask]]
     test_mask = remap[data.test_labels] >= 0
+    held = held_labels = None
+    if holdout > 0:
+        if holdout >= len(train_labels) // 2:
+            raise ValueError(f"a holdout of {holdout} training images leaves too few of {len(train_labels)} "
+                             "to train on")
+        order = torch.randperm(len(train_labels), generator=generator("cpu", "holdout", trial.dataset, classes,
+                                                                      trial.seed))
+        held, held_labels = train_images[order[:holdout]], data.train_labels[train_mask][order[:holdout]]
+        train_images, train_labels = train_images[order[holdout:]], train_labels[order[holdout:]]
 
     detector: CADet = build_method(trial, device)
     # The supervised path holds the calibration images out of the classifier's training, as CADet.fit
@@ -271,7 +289,8 @@ def prepare(trial: Trial, source: DataSource, need_classifier: bool) -> Setup:
         summary.update(epochs=s.clf_epochs, final_loss=summary["clf_final_loss"], world_size=world()[1])
     summary["train_seconds"] = time.perf_counter() - t0 + summary.get("clf_seconds", 0.0)
     return Setup(data, classes, s, device, detector, clf, summary, data.test_images[test_mask],
-                 remap[data.test_labels[test_mask]])
+                 remap[data.test_labels[test_mask]], train_images, train_labels,
+                 {"val1": val1, "val2": val2, "fit": fit_idx}, held, held_labels)
 
 
 def measured(setup: Setup, started: float, rows: list[dict], n_test: int) -> dict:

@@ -198,6 +198,52 @@ SCENARIOS = {
         table_rows=("test_dataset",),
         table_columns="variant",
     ),
+    "rejection": Scenario(
+        name="rejection",
+        description="CADet Table 1: rejection rate of h0 at alpha = .05 by MMD and MMD-CC against the sample size n "
+        "(the paper's 50-2000, capped per profile), 100 samplings (quick: 20); in-distribution test samples "
+        "against held-out training images (the null), a class-prior shift of them, and CIFAR-10.1 or any set "
+        "named with --test-datasets where this machine has it (else listed in skipped_shifts)",
+        methods=("cadet",),
+        gamma_p=(0.0,),
+        gamma_l=(0.0,),
+        normal_classes=(0,),
+        kind="rejection",
+        axes={"training": ("contrastive", "supervised")},
+        table_rows=("test_dataset", "variant"),
+        table_columns="sample_size",
+        metric="rejection_rate",
+    ),
+    "ood-detection": Scenario(
+        name="ood-detection",
+        description="CADet Table 3: single-image OOD detection; in distribution = some classes of the dataset "
+        "(CIFAR-10 0-5, digits 0-4), near OOD = its other classes, far OOD = the MNIST test set and any set named "
+        "with --test-datasets; CADet on contrastive and supervised features, and the post-hoc baselines (MSP, "
+        "Energy, ODIN, MaxLogit, KL matching, ReAct, Mahalanobis, Residual, ViM; pytorch-ood) on the classifier",
+        methods=("cadet",),
+        gamma_p=(0.0,),
+        gamma_l=(0.0,),
+        normal_classes=(0,),
+        kind="ood_detection",
+        axes={"training": ("contrastive", "supervised")},
+        table_rows=("variant",),
+        table_columns="test_dataset",
+    ),
+    "cadet-transforms": Scenario(
+        name="cadet-transforms",
+        description="CADet Figure 2: AUROC of CADet (contrastive) against the number of transformations n_trs "
+        "(2-20, paper profile 2-50), near and far OOD as in ood-detection; one pre-training per trial, "
+        "recalibrated at each n_trs",
+        methods=("cadet",),
+        gamma_p=(0.0,),
+        gamma_l=(0.0,),
+        normal_classes=(0,),
+        kind="transforms_curve",
+        settings={"baselines": []},
+        axes={"training": ("contrastive",)},
+        table_rows=("variant",),
+        table_columns="test_dataset",
+    ),
 }
 
 PROFILES = {
