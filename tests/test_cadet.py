@@ -363,9 +363,12 @@ def test_adversarial_runner_rows(monkeypatch):
     assert all(r["n_test"] == 2 * 120 for r in out["rows"])  # a seeded subset of the test images is attacked
     assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"] * 2
     for r in out["rows"]:
-        assert r["test_dataset"] in ("FGSM", "CW") and 0 <= r["auroc_pooled"] <= 1
-        # The attack itself: success among the correct images, accuracy before and after, perturbation norms.
         e = r["extra"]
+        # Both AUROCs, named; the headline (auroc_pooled) counts successful attacks only (adversarial.py says why).
+        assert r["test_dataset"] in ("FGSM", "CW") and 0 <= e["auroc_all_attacked"] <= 1
+        assert e["auroc_headline"] == "auroc_successful" and r["auroc_pooled"] == e["auroc_successful"]
+        assert (r["auroc_pooled"] is None) == (e["n_successful"] == 0)
+        # The attack itself: success among the correct images, accuracy before and after, perturbation norms.
         assert 0 <= e["linf_mean"] <= e["linf_max"] and 0 <= e["l2_mean"] <= e["l2_max"]
         assert e["clean_accuracy"] > 0.95 and e["attack_success_threshold"] == 0.5
         if r["test_dataset"] == "FGSM":
