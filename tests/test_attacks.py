@@ -138,7 +138,7 @@ def test_cadet_tables_print_beside_our_adversarial_and_two_sample_rows():
 
     from orchestrator.report.tables import published, wide_table
 
-    sources = {s for name in ("twosample-rejection", "twosample", "unknown-classes", "adversarial")
+    sources = {s for name in ("rejection", "twosample", "ood-detection", "adversarial")
                for s in published(name)["source"]}
     assert {s.split(" (")[0] for s in sources} == {f"CADet Table {k}" for k in range(1, 6)}
     adv = pd.DataFrame([{"status": "ok", "seed": 0, "test_dataset": a, "variant": v, "auroc_pooled": 0.9}

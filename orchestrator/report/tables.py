@@ -7,6 +7,7 @@ mean. Failed and missing trials are counted under the table, never averaged in.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 import pandas as pd
@@ -54,6 +55,20 @@ def row_order(scenario) -> dict[str, list]:
     return {"method": list(scenario.methods), "variant": list(scenario.variants or [])}
 
 
+def with_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`rows` with a column `metric`: the store's own, or the key of that name in each row's `extra` JSON (a
+    kind's own measurement, e.g. CADet Table 1's rejection_rate).
+
+    >>> rows = pd.DataFrame({"extra": ['{"rejection_rate": 0.5}', None]})
+    >>> with_metric(rows, "rejection_rate")["rejection_rate"].tolist()
+    [0.5, nan]
+    """
+    if metric in rows.columns or "extra" not in rows.columns:
+        return rows
+    values = [json.loads(e).get(metric) if isinstance(e, str) else None for e in rows["extra"]]
+    return rows.assign(**{metric: pd.to_numeric(pd.Series(values, index=rows.index, dtype=object))})
+
+
 def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled",
                 order: dict[str, list] | None = None) -> pd.DataFrame:
     """Long table: one row per (index..., column) cell with mean, std over seeds, and n trials.
@@ -63,6 +78,7 @@ def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric=
     >>> paper_table(df).round(1).to_dict("records")
     [{'method': 'a', 'gamma_p': 0.0, 'mean': 85.0, 'std': 7.1, 'n': 2}]
     """
+    rows = with_metric(rows, metric)
     ok = rows[rows["status"] == "ok"].copy()
     keys = [*index, column]
     if ok.empty:
@@ -129,7 +145,8 @@ def published(scenario: str, dataset: str | None = None) -> pd.DataFrame:
             for col, value in zip(entry["columns"], row["values"], strict=True):
                 if value is not None:
                     records.append({**row["key"], entry["column"]: col, "published": value,
-                                    "source": entry["table"], "paper_dataset": entry["dataset"]})
+                                    "source": entry["table"], "paper_dataset": entry["dataset"],
+                                    "difference": entry.get("difference", True)})
     return pd.DataFrame(records)
 
 
@@ -167,7 +184,9 @@ def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None
 
 def _add_published(wide: pd.DataFrame, cells: pd.DataFrame, scenario_name: str, dataset: str | None,
                    index: list[str], column: str) -> None:
-    """Columns "paper DATASET VALUE" on `wide`: the paper's number and our difference to it."""
+    """Columns "paper DATASET VALUE" on `wide`: the paper's number and our difference to it. An entry with
+    `difference: false` (the paper measured another shift than ours: CADet Tables 1 and 3) joins on the row keys
+    it has alone and shows the paper's number without a difference."""
     pub = published(scenario_name, dataset)
     if pub.empty:  # no published numbers for this dataset: show the paper's own (labelled)
         pub = published(scenario_name)
@@ -180,11 +199,18 @@ def _add_published(wide: pd.DataFrame, cells: pd.DataFrame, scenario_name: str, 
     else:
         ours = cells.copy()
     ours[column], pub[column] = ours[column].astype(str), pub[column].astype(str)
-    joined = ours.merge(pub, on=[c for c in index if c in pub.columns] + [column], how="inner")
     label = f"paper {pub['paper_dataset'].iloc[0]}"
+    plain = pub["difference"].eq(False)
+    keys = [c for c in index if c in pub.columns]
+    joined = ours.merge(pub[~plain], on=keys + [column], how="inner")
     for _, r in joined.iterrows():
         key = tuple(r[c] for c in index) if len(index) > 1 else r[index[0]]
         wide.loc[key, f"{label} {r[column]}"] = f"{r['published']:.1f} ({r['mean'] - r['published']:+.1f})"
+    if plain.any() and keys:
+        beside = ours[index].drop_duplicates().merge(pub[plain].dropna(subset=keys), on=keys, how="inner")
+        for _, r in beside.iterrows():
+            key = tuple(r[c] for c in index) if len(index) > 1 else r[index[0]]
+            wide.loc[key, f"{label} {r[column]}"] = f"{r['published']:.1f}"
 
 
 def render(frame: pd.DataFrame, fmt: str, title: str = "") -> str | None:
