@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from methods.registry import METHODS, get_method
 from orchestrator.cli import UserError
-from orchestrator.data.datasets import DatasetError, DataSource
+from orchestrator.data.datasets import DatasetError, DataSource, check_shift_set, is_shift_set
 from orchestrator.experiments import get_kind
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS, Profile, Scenario
 from orchestrator.grid.trial import Trial
@@ -163,10 +163,14 @@ def _kind_datasets(scenario: Scenario, request: Request, source: DataSource) -> 
         return {}, source
     if kind.with_datasets is None:
         raise UserError(f"--labeled-dataset and --test-datasets are for scenarios of another kind "
-                        f"(scenario3, twosample), not {scenario.name}")
+                        f"(scenario3, twosample, rejection, ood-detection), not {scenario.name}")
     labeled, source = source.add(request.labeled_dataset) if request.labeled_dataset else (None, source)
     test = []
     for name in request.test_datasets or []:
+        if is_shift_set(name):  # a set read without a training split (CADet's shifts): checked as such
+            check_shift_set(name, source)
+            test.append(name)
+            continue
         stored, source = source.add(name)
         source.check(stored)  # a dataset the user named must exist
         test.append(stored)

@@ -189,3 +189,18 @@ def test_cadet_tables_1_to_5_print_beside_ours_under_the_real_scenarios():
     wide = wide_table(rej, "rejection", with_published=True, dataset="cifar10")
     assert wide["sample_size=1000"].tolist() == ["60.0 [1]"]  # the metric comes from the rows' extra
     assert wide["paper cifar10 50"].tolist() == ["15.4"]
+
+
+def test_named_shift_sets_are_checked_before_any_work(data_root):
+    """--test-datasets: sets without a training split (MNIST's test files, CIFAR-10.1, ImageNet-O, ...) are checked
+    as such; one that is not there stops the plan with one line, before anything trains."""
+    from orchestrator.planner import Request, plan
+
+    source = DataSource(root=str(data_root))
+    trials, _ = plan(Request("ood-detection", dataset="digits", test_datasets=["mnist"]), source)
+    assert trials[0].settings["shifts"] == ["unknown", "mnist"]  # the scenario's own, not repeated
+    with pytest.raises(DatasetError, match="imagenet-o: no folder"):
+        plan(Request("rejection", dataset="digits", test_datasets=["imagenet-o"]), source)
+    tiny_shift_tree(data_root)
+    trials, _ = plan(Request("rejection", dataset="digits", test_datasets=["imagenet-o", "cifar10.1"]), source)
+    assert trials[0].settings["shifts"] == ["train-holdout", "class-prior", "cifar10.1", "imagenet-o"]

@@ -52,7 +52,7 @@ import torch
 from orchestrator.data.formats import DATASETS, IMAGEFOLDER, DatasetError, ImageData, Loader, read_idx
 
 __all__ = ["DataSource", "DatasetError", "ImageData", "check_dataset", "dataset_names", "dataset_ref",
-           "load_dataset", "load_shift_images", "read_idx", "to_shape"]
+           "check_shift_set", "is_shift_set", "load_dataset", "load_shift_images", "read_idx", "to_shape"]
 
 # Bump when the tensors a loader builds change, so old disk caches are never read again.
 _CACHE_FORMAT = 1
@@ -324,6 +324,33 @@ def _square_resize(images: list[torch.Tensor], shape: tuple[int, int, int]) -> t
         top, left = (h - side) // 2, (w - side) // 2
         out.append(to_shape(img[None, :, top:top + side, left:left + side], shape))
     return torch.cat(out) if out else torch.zeros((0, *shape), dtype=torch.uint8)
+
+
+def is_shift_set(name: str) -> bool:
+    """A name only load_shift_images reads (no training split): cifar10.1, imagenet-o, inaturalist, images:/path,
+    and mnist (whose test files alone serve)."""
+    return name in SHIFT_SETS or name.startswith("images:")
+
+
+def check_shift_set(name: str, source: DataSource) -> None:
+    """Cheap check before any work that load_shift_images can read `name` (files and folders exist)."""
+    root = Path(source.root or default_data_root()).expanduser()
+    if name == "mnist":
+        try:
+            source.check(name)
+        except DatasetError:
+            _mnist_test(root)
+    elif name == "cifar10.1":
+        if not any((f / f"cifar10.1_{v}_data.npy").is_file() for f in (root / "CIFAR-10.1", root / "cifar10.1", root)
+                   for v in ("v6", "v4")):
+            raise DatasetError(f"cifar10.1: no cifar10.1_v6_data.npy (or _v4_) in {root}/CIFAR-10.1 or {root}")
+    elif name in _FOLDER_SETS or name.startswith("images:"):
+        folders = ([root / f for f in _FOLDER_SETS[name]] if name in _FOLDER_SETS
+                   else [Path(name[len("images:"):]).expanduser()])
+        if not any(f.is_dir() for f in folders):
+            raise DatasetError(f"{name}: no folder {' or '.join(map(str, folders))}")
+    else:
+        source.check(name)
 
 
 def load_shift_images(name: str, source: DataSource, shape: tuple[int, int, int]) -> torch.Tensor:

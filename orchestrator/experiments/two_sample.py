@@ -7,8 +7,9 @@ shifted S_Q = positives) in `auroc_pooled`, the clean samples' rejection rate at
 positive rate) in `fpr_at_alpha`, and in `extra` the shifted samples' rejection rate (Table 1's "rejection
 rate of h_0") and the AUROC of the raw MMD estimate. Shifts: `unknown` (the dataset's other classes), `pgd`
 (PGD examples against a classifier the trial trains on the in-distribution data) and other datasets by name
-(resized to the in-distribution shape); a dataset this machine does not have is skipped and named in every
-row's `extra.skipped_shifts`.
+(resized to the in-distribution shape; also the sets orchestrator/data/datasets.load_shift_images reads without a
+training split: cifar10.1, imagenet-o, inaturalist, images:/path, MNIST from its test files); a dataset this
+machine does not have is skipped and named in every row's `extra.skipped_shifts`.
 
 Measured, quick profile, seeds 0-2 (before the one-trainer refactor; mean over seeds): AUROC (%) at n = 3 / 5 /
 10 / 20: unknown classes 5-9, MMD-CC + contrastive 64.5 / 67.6 / 86.1 / 95.4, MMD-CC + supervised 53.3 / 65.3 /
@@ -26,7 +27,7 @@ import torch
 
 from methods.augment import to_float
 from methods.mmd import cosine_kernel, mmd_cc_null, mmd_test, mmd_u2, permutation_p_value, samplings_per_batch
-from orchestrator.data.datasets import DatasetError, DataSource, to_shape
+from orchestrator.data.datasets import DatasetError, DataSource, load_shift_images
 from orchestrator.data.splits import stable_seed
 from orchestrator.experiments.attacks import attack
 from orchestrator.experiments.cadet_setup import (
@@ -108,12 +109,12 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
                          stable_seed("attack", trial.dataset, setup.classes, trial.seed))
             shifted[shift], labels[shift] = det.features(adv), "PGD"
         else:
-            try:
-                other = source.load(shift)
+            try:  # a dataset's test split, or a set read without one (datasets.load_shift_images)
+                other = load_shift_images(shift, source, data.image_shape)
             except DatasetError as exc:  # a dataset this machine does not have: noted in every row, not fatal
                 skipped.append(f"{shift}: {exc}")
                 continue
-            shifted[shift] = det.features(to_shape(other.test_images, data.image_shape))
+            shifted[shift] = det.features(other)
             labels[shift] = shift.removeprefix("imagefolder:").rstrip("/").rsplit("/", 1)[-1]
 
     rows = []
