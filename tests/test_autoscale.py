@@ -60,15 +60,17 @@ def fake_config(gcs_address: str) -> dict:
 
 
 def our_processes(group: int, temp_dir: str) -> list[psutil.Process]:
-    """The processes of the head this test started: its process group, or its own temp dir on the command line."""
-    out = []
+    """The processes of the head this test started: its process group or its own temp dir on the command line,
+    and their descendants (Ray's worker processes lead process groups of their own)."""
+    out = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if os.getpgid(proc.pid) == group or temp_dir in " ".join(proc.info.get("cmdline") or []):
-                out.append(proc)
+                out[proc.pid] = proc
+                out.update({c.pid: c for c in proc.children(recursive=True)})
         except (ProcessLookupError, psutil.Error):
             continue
-    return out
+    return list(out.values())
 
 
 def raylets(temp_dir: str) -> dict[str, psutil.Process]:
@@ -206,6 +208,8 @@ def test_a_gpu_node_killed_mid_sweep_loses_no_row_and_writes_no_duplicate(fake_c
     rows = pd.read_parquet(store)
     assert len(rows) == 6 and rows["trial_key"].is_unique and (rows["status"] == "ok").all(), out
     rerun = rows[~rows["trial_key"].isin(before)]
+    print(f"killed {victim} with {len(before)} rows stored; {len(rerun)} trials finished after, on "
+          f"{rerun['node_id'].value_counts().to_dict()}")
     assert len(rerun) >= 1 and not (rerun["node_id"] == victim).any()  # in flight at the kill: finished elsewhere
     assert not (rows["node_id"] == FAKE_HEAD_ID).any()
 
