@@ -153,7 +153,8 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
     pools, labels, skipped = {}, {}, []
     for shift in s.shifts:
         if shift == "train-holdout":
-            pools[shift], labels[shift] = (f_held, ones), f"{trial.dataset} train (held out)"
+            name = trial.dataset.removeprefix("imagefolder:")
+            pools[shift], labels[shift] = (f_held, ones), f"{name} train (held out)"
         elif shift == "class-prior":
             w = class_prior_weights(setup.holdout_labels, data.num_classes, s.prior_ratio).to(f_held.device)
             pools[shift], labels[shift] = (f_held, w), f"class prior {s.prior_ratio:g}:1"
