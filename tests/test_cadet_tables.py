@@ -72,6 +72,10 @@ def test_table3_rows_for_near_and_far_ood_and_every_baseline(data_root):
     # CADet's p-values (Eq. 8) hold their false positive rate on clean in-distribution test digits.
     assert by[("CADet + supervised", "mnist")]["fpr_at_alpha"] <= 0.12
     assert by[("MSP + supervised", "mnist")]["fpr_at_alpha"] is None  # a baseline has no p-value
+    # Table 5's moments of m_in and m_out, on the clean images and on each set.
+    e = by[("CADet + supervised", "mnist")]["extra"]
+    assert set(e["clean"]) == set(e["ood_moments"]) == {"m_in_mean", "m_in_var", "m_out_mean", "m_out_var"}
+    assert -1 <= e["ood_moments"]["m_out_mean"] <= 1 and e["clean"]["m_in_var"] >= 0
 
 
 def test_unknown_classes_are_listed_as_skipped_when_every_class_is_in_distribution(data_root):

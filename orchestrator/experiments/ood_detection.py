@@ -22,7 +22,8 @@ One trial per `training` (the scenario axis; the paper's "Training" column):
 Rows: one per detector x OOD set, `variant` "<detector> + <training>", `test_dataset` the set ("unknown classes
 6-9", "mnist", ...), `auroc_pooled` the AUROC of in-distribution test images (negatives) against that set;
 `extra`: the set's role (near / far), FPR at 95 % TPR, and for CADet the false positive rate of Eq. (8)'s
-p-values at alpha on the in-distribution test images (`fpr_at_alpha`) with the detection rate at alpha.
+p-values at alpha on the in-distribution test images (`fpr_at_alpha`), the detection rate at alpha, and Table 5's
+means and variances of m_in and m_out on the clean test images (`clean`) and on the set (`ood_moments`).
 
 Figure 2: `n_trs_curve` (the cadet-transforms scenario) scores CADet again with each listed number of
 transformations, recalibrated (gamma and the X_val^(2) scores depend on it) on the same network: rows
@@ -246,11 +247,14 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
     # Scores, higher = more OOD: CADet's -score_C (and its p-values), the baselines' outlier scores.
     scores: dict[str, dict[str, np.ndarray]] = {}  # detector -> {"in" | set label: scores}
     p_values: dict[str, dict[str, np.ndarray]] = {}
+    moments: dict[str, dict[str, dict]] = {}  # CADet -> {"in" | set label: Table 5's means and variances}
     for name, det in cadet_detectors(setup.detector, setup, s).items():
         for label, x in [("in", test_in), *((lb, x) for lb, (x, _) in sets.items())]:
             st = det.statistics(x)
             scores.setdefault(name, {})[label] = (-st["score"]).double().cpu().numpy()
             p_values.setdefault(name, {})[label] = st["p_value"].cpu().numpy()
+            moments.setdefault(name, {})[label] = {f"{k}_{f}": float(getattr(st[k].double(), f)())
+                                                   for k in ("m_in", "m_out") for f in ("mean", "var")}
     extra_fit = {}
     if s.training == "supervised" and s.baselines:
         fit = setup.parts["fit"]
@@ -271,7 +275,8 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
             fpr = None
             if name in p_values:
                 fpr = float((p_values[name]["in"] <= s.alpha).mean())
-                extra.update(alpha=s.alpha, tpr_at_alpha=float((p_values[name][label] <= s.alpha).mean()))
+                extra.update(alpha=s.alpha, tpr_at_alpha=float((p_values[name][label] <= s.alpha).mean()),
+                             clean=moments[name]["in"], ood_moments=moments[name][label])
                 if name.startswith("CADet n_trs="):
                     extra["n_trs"] = int(name.split("=")[1])
             else:

@@ -43,6 +43,8 @@ class Scenario:
     kind: str = "one_class"
     settings: dict | None = None
     axes: dict[str, tuple] | None = None
+    # The paper's row order for row keys that are not variants (e.g. CADet Table 3's detectors): {key: values}.
+    row_order: dict[str, tuple] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ SCENARIOS = {
     # profile's settings (sample sizes, attack budgets, classifier) come from orchestrator/experiments/cadet_setup.py.
     "twosample": Scenario(
         name="twosample",
-        description="CADet Tables 1-2: MMD and MMD-CC two-sample tests with the learned similarity, in-distribution "
+        description="CADet Table 2: MMD and MMD-CC two-sample tests with the learned similarity, in-distribution "
         "samples against unknown classes, other datasets and PGD examples, sample sizes 3-20: detection AUROC, "
         "and rejection rates at alpha = .05 (in `extra`)",
         methods=("cadet",),
@@ -228,6 +230,9 @@ SCENARIOS = {
         axes={"training": ("contrastive", "supervised")},
         table_rows=("variant",),
         table_columns="test_dataset",
+        row_order={"variant": (*(f"{d} + supervised" for d in ("MSP", "Energy", "ODIN", "MaxLogit", "KL Matching",
+                                                               "ReAct", "Mahalanobis", "Residual", "ViM", "CADet")),
+                               "CADet + contrastive")},
     ),
     "cadet-transforms": Scenario(
         name="cadet-transforms",

@@ -52,7 +52,8 @@ def gamma_label(g: float) -> str:
 
 def row_order(scenario) -> dict[str, list]:
     """The order the paper lists its rows in: the scenario's methods and variants as declared."""
-    return {"method": list(scenario.methods), "variant": list(scenario.variants or [])}
+    return {"method": list(scenario.methods), "variant": list(scenario.variants or []),
+            **{k: list(v) for k, v in (scenario.row_order or {}).items()}}
 
 
 def with_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
