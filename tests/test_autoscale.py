@@ -149,6 +149,11 @@ def test_a_gpu_sweep_makes_the_autoscaler_launch_gpu_nodes_and_runs_only_on_them
     assert rows["node_id"].str.startswith("f" * 51).all()  # nodes the fake provider launched
     launched = [n for n in raylets(fake_cluster["temp_dir"]) if n != FAKE_HEAD_ID]
     assert 1 <= len(launched) <= 2
+    # A share no node type can ever hold: one line, exit 2, before any trial.
+    refused = sweep(fake_cluster, tmp_path / "refused", "--methods", "iforest", "--normal-classes", "0",
+                    "--anomaly-classes", "1", "--gpus-per-trial", "2")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --gpus-per-trial 2: a trial needs")
+    assert len(refused.stderr.strip().splitlines()) == 1 and not list((tmp_path / "refused").rglob("*.parquet"))
     monitor_log = next(Path(fake_cluster["temp_dir"]).glob("session_*/logs/monitor.log")).read_text()
     print(f"GPU nodes up: {launched}; trials per node: {rows['node_id'].value_counts().to_dict()}; "
           f"launches logged: {monitor_log.count('Adding ')}")
@@ -302,3 +307,36 @@ def test_the_driver_goes_on_when_the_store_is_complete_but_ray_does_not_return(t
     returns.start()
     assert wait_for_fit(returns, store, keys, progress, grace_s=0.5, poll_s=0.1) is False
     never.set()
+
+
+def test_an_out_of_memory_trial_is_told_to_raise_gpus_per_trial():
+    import torch
+
+    from orchestrator.runner import Context, cap_gpu_memory, gpu_oom, oom_message
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError as inner:
+            raise RuntimeError("the training worker failed") from inner  # as Ray Train wraps a worker's error
+    except RuntimeError as wrapped:
+        assert gpu_oom(wrapped)
+    assert not gpu_oom(ValueError("diverged"))
+    message = oom_message(Context(storage="x", gpus_per_trial=0.25))
+    assert "--gpus-per-trial 0.25" in message and "--gpus-per-trial 0.5" in message
+    assert "--gpus-per-trial 0.5" in oom_message(Context(storage="x", gpus_per_trial=0.0))
+    if not torch.cuda.is_available():
+        assert cap_gpu_memory(0.5) is None  # no GPU here: nothing to cap
+
+
+def test_the_default_share_uses_the_footprint_gpu_rows_measured(tmp_path):
+    from orchestrator.sweep import measured_footprint
+
+    store = ResultStore(str(tmp_path / "results"))
+    assert measured_footprint(store, "paper", ["hscl"]) is None
+    for key, peak, status in (("a", 7.5, "ok"), ("b", 10.5, "ok"), ("c", 30.0, "failed")):
+        store.write({"trial_key": key, "profile": "paper", "scenario": "scenario2", "method": "hscl",
+                     "status": status, "extra": {"gpu_peak_gib": peak}})
+    assert measured_footprint(store, "paper", ["hscl"]) == 10.5  # the largest ok peak; failed rows do not count
+    assert measured_footprint(store, "paper", ["csi"]) is None
+    assert trials_per_gpu(24, 10.5) == 2 and trials_per_gpu(24, 11) == 1
