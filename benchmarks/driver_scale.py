@@ -1,6 +1,6 @@
 """The sweep driver as the grid grows: wall time per trial and the driver process's peak memory.
 
-    python benchmarks/driver_scale.py [--seeds 1,10] [--trials-per-tuner 500]
+    python benchmarks/driver_scale.py [--seeds 1,10] [--trials-per-tuner 500] [--normal-classes 0]
 
 Runs ``python -m orchestrator.sweep scenario2 --methods iforest`` (quick profile: digits, a cheap
 method, so the driver's own cost shows) into a fresh temporary store at each number of seeds,
@@ -36,11 +36,13 @@ runpy.run_module("orchestrator.sweep", run_name="__main__")
 """
 
 
-def one(seeds: int, trials_per_tuner: int, max_concurrent: int) -> dict:
+def one(seeds: int, trials_per_tuner: int, max_concurrent: int, normal_classes: str | None) -> dict:
     store = Path(tempfile.mkdtemp(prefix="adsweep-driver-")) / "results"
     cmd = [sys.executable, "-c", WRAPPER, "scenario2", "--methods", "iforest", "--seeds",
            ",".join(str(s) for s in range(seeds)), "--storage", str(store), "--no-scores",
            "--max-concurrent", str(max_concurrent), "--trials-per-tuner", str(trials_per_tuner)]
+    if normal_classes:  # a slice of the grid, for a loaded machine: same 10x ratio at a tenth of the trials
+        cmd += ["--normal-classes", normal_classes]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -63,12 +65,13 @@ def main():
     parser.add_argument("--seeds", default="1,10", help="numbers of seeds to run, smallest first (270 trials each)")
     parser.add_argument("--trials-per-tuner", type=int, default=500)
     parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--normal-classes", default=None, help="e.g. 0: 27 trials a seed instead of 270")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.seeds.split(","))
     load_before = os.getloadavg()
     results = []
     for seeds in sizes:
-        results.append(one(seeds, args.trials_per_tuner, args.max_concurrent))
+        results.append(one(seeds, args.trials_per_tuner, args.max_concurrent, args.normal_classes))
         print(json.dumps(results[-1]), flush=True)
     small, large = results[0], results[-1]
     ratios = {"wall_per_trial": round(large["wall_per_trial_s"] / small["wall_per_trial_s"], 3),
@@ -78,7 +81,8 @@ def main():
           f"driver overhead per trial x{ratios['overhead_per_trial']}, driver peak RSS x{ratios['driver_peak_rss']} "
           "(goal: <= 1.2)")
     record = {"benchmark": "driver_scale", "method": "iforest", "scenario": "scenario2", "profile": "quick",
-              "trials_per_tuner": args.trials_per_tuner, "runs": results, "ratios_large_over_small": ratios,
+              "trials_per_tuner": args.trials_per_tuner, "normal_classes": args.normal_classes, "runs": results,
+              "ratios_large_over_small": ratios,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
