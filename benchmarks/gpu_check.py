@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from methods.base import TrainSet  # noqa: E402
 from methods.deepsvdd import DeepSVDD, DeepSVDDConfig  # noqa: E402
 from methods.hscl import HSCL, HSCLConfig  # noqa: E402
-from methods.trainer import HotPath  # noqa: E402
+from methods.trainer import COMPILE_ENV, FIXED_SHAPES_ENV, HotPath  # noqa: E402
 
 # A CIFAR-10 one-class trial trains on about 5,000 normal images plus pollution (the store's n_train: 5,000-5,523).
 PAPER_N_TRAIN = 5250
@@ -155,8 +156,11 @@ def trials_per_hour(args, per_gpu: int) -> dict:
     cmd = [sys.executable, __file__, "--trial-worker", "--net", args.net, "--batch", str(args.batch),
            "--trial-images", str(args.trial_images), "--trial-epochs", str(args.trial_epochs)]
     cmd += ["--data-root", args.data_root] if args.data_root else []
+    env = dict(os.environ)
+    if not torch.cuda.is_available():  # the CPU smoke run takes the CUDA hot path (compiled, fixed shapes) too
+        env.update({COMPILE_ENV: "1", FIXED_SHAPES_ENV: "1"})
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([*cmd, "--worker-out", str(o)]) for o in outs]
+    procs = [subprocess.Popen([*cmd, "--worker-out", str(o)], env=env) for o in outs]
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t0
     if any(codes):
