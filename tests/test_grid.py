@@ -33,6 +33,9 @@ GRIDS = [
     ("milconvex-ablation", {}, 40, {"variant": 4, "normal_class": 10}),
     ("twosample", {}, 2, {}),
     ("adversarial", {}, 2, {}),
+    ("rejection", {}, 2, {}),
+    ("ood-detection", {}, 2, {}),
+    ("cadet-transforms", {}, 1, {}),
 ]
 
 
