@@ -430,6 +430,12 @@ def main(argv=None) -> int:
                   f"gamma_p={t.gamma_p} gamma_l={t.gamma_l} seed={t.seed}" + (f" {t.variant}" if t.variant else ""))
         if len(plan.todo) > 10:
             print(f"  ... and {len(plan.todo) - 10} more")
+        # What it will cost, before anything starts: the store's measured trial times, else benchmark records
+        # (orchestrator/estimate.py); the concurrency is this machine's (a cluster's: pass --max-concurrent).
+        from orchestrator.estimate import estimate, format_estimate, local_concurrency
+
+        print(format_estimate(estimate(plan.todo, plan.store, concurrency=local_concurrency(
+            args.cpus_per_trial, args.gpus_per_trial, args.workers, args.max_concurrent))))
         return 0
     try:  # the first write: storage that cannot be written stops here, before any training
         write_manifest(plan.store, {
