@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # regenerates from a fresh clone and a later run only adds what is missing. The per-sample scores (about
 # 100 KB a trial) stay out of git, in runs/.
 DEFAULT_STORE = "benchmarks/records/reproduction"
+DEFAULT_CADET_STORE = "benchmarks/records/cadet"  # CADet's scenarios (a section of the document when present)
 DEFAULT_SCORES = "runs/reproduction-scores"
 
 TABLE_2 = ["--anomaly-classes", "next", "--gamma-p", "0,0.1"]
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default=None, help="run only these steps (1-based, e.g. 2,3; default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="passed to every sweep")
     p.add_argument("--out", default=str(ROOT / "docs" / "reproduction.md"))
+    p.add_argument("--cadet-store", default=None,
+                   help=f"CADet scenarios' store for the document's CADet section (default {DEFAULT_CADET_STORE} "
+                        "with the default store)")
     p.add_argument("--report-only", action="store_true", help="write the document from the store, train nothing")
     args = p.parse_args(argv)
     # The sweeps run from the repo root, so paths the caller typed are made absolute against the caller's
@@ -91,7 +95,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from orchestrator.report.reproduction import write_report
 
-    path = write_report(store, args.out, profile=args.profile)
+    cadet = str(Path(args.cadet_store).resolve()) if args.cadet_store else (
+        str(ROOT / DEFAULT_CADET_STORE) if default_store else None)
+    path = write_report(store, args.out, profile=args.profile, cadet_storage=cadet)
     print(f"wrote {path}")
     return 0
 
