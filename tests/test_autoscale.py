@@ -204,7 +204,12 @@ def test_a_gpu_node_killed_mid_sweep_loses_no_row_and_writes_no_duplicate(fake_c
             time.sleep(0.5)  # polling for the event (a trial training on a GPU node), not waiting it out
         assert victim, "no trial ever trained on a GPU node"
         before = set(ResultStore(str(store)).statuses())
-        raylets(fake_cluster["temp_dir"])[victim].send_signal(signal.SIGKILL)  # the node dies without warning
+        # The node dies without warning, as a lost machine does: its raylet and every process under it
+        # (killing the raylet alone leaves its trial's process running for a while, finishing its trial).
+        raylet = raylets(fake_cluster["temp_dir"])[victim]
+        for node_proc in [*raylet.children(recursive=True), raylet]:
+            with contextlib.suppress(psutil.Error):
+                node_proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
