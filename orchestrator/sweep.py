@@ -458,8 +458,8 @@ def main(argv=None) -> int:
     keys = {t.key for t in plan.trials}
     scenario = SCENARIOS[args.scenario]
     # What the table needs, not the rows' whole configs (orchestrator/report/tables.py: print_table).
-    needed = ["trial_key", "status", "error", "seed", "normal_class", "extra", *scenario.table_rows,
-              scenario.table_columns, scenario.metric]
+    needed = list(dict.fromkeys(["trial_key", "status", "error", "seed", "normal_class", "extra",
+                                 *scenario.table_rows, scenario.table_columns, scenario.metric]))  # once each
     rows = read_rows(plan.store, keys, needed)
     print_table(rows, expected=len(plan.trials), index=scenario.table_rows, column=scenario.table_columns,
                 metric=scenario.metric, order=row_order(scenario))
