@@ -156,6 +156,17 @@ def in_distribution(normal_class: int | None, in_classes: int, num_classes: int)
     return [(int(normal_class or 0) + k) % num_classes for k in range(in_classes)]
 
 
+def unknown_classes(setup) -> tuple[str, torch.Tensor] | None:
+    """The `unknown` shift: (its label, the test images of the classes not in distribution); None when every
+    class is in distribution (the caller lists it in skipped_shifts)."""
+    data = setup.data
+    others = [c for c in range(data.num_classes) if c not in setup.classes]
+    if not others:
+        return None
+    mask = ~torch.isin(data.test_labels, torch.tensor(setup.classes))
+    return f"unknown classes {class_range(others)}", data.test_images[mask]
+
+
 def class_range(classes: list[int]) -> str:
     """[5, 6, 7, 8, 9] -> "5-9"; other lists comma-separated."""
     if len(classes) > 1 and classes == list(range(classes[0], classes[0] + len(classes))):

@@ -63,13 +63,13 @@ from orchestrator.experiments.cadet_setup import (
     Setup,
     add_shifts,
     auroc,
-    class_range,
     generator,
     json_safe,
     measured,
     prepare,
     settings_of,
     summary_extra,
+    unknown_classes,
 )
 from orchestrator.experiments.kind import Kind
 from orchestrator.grid.trial import Trial
@@ -200,12 +200,10 @@ def ood_sets(trial: Trial, source: DataSource, setup: Setup, s: OODSettings) -> 
     sets, skipped = {}, []
     for shift in s.shifts:
         if shift == "unknown":
-            others = [c for c in range(data.num_classes) if c not in setup.classes]
-            if not others:
+            if (unknown := unknown_classes(setup)) is None:
                 skipped.append("unknown: every class is in-distribution")
                 continue
-            mask = ~torch.isin(data.test_labels, torch.tensor(setup.classes))
-            sets[f"unknown classes {class_range(others)}"] = (data.test_images[mask], "near")
+            sets[unknown[0]] = (unknown[1], "near")
         elif shift in ("pgd", "cw", "fgsm"):
             raise ValueError(f"shift '{shift}': attacks are the adversarial scenario's, not Table 3's")
         else:

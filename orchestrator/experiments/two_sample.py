@@ -34,13 +34,13 @@ from orchestrator.experiments.cadet_setup import (
     Settings,
     add_shifts,
     auroc,
-    class_range,
     generator,
     measured,
     prepare,
     profile_settings,
     settings_of,
     summary_extra,
+    unknown_classes,
 )
 from orchestrator.experiments.kind import Kind
 from orchestrator.grid.trial import Trial
@@ -96,13 +96,11 @@ def run(trial: Trial, source: DataSource, on_epoch: Callable | None = None) -> d
     shifted, labels, skipped = {}, {}, []
     for shift in s.shifts:
         if shift == "unknown":
-            others = [c for c in range(data.num_classes) if c not in setup.classes]
-            if not others:
+            if (unknown := unknown_classes(setup)) is None:
                 skipped.append("unknown: every class is in-distribution")
                 continue
-            mask = ~torch.isin(data.test_labels, torch.tensor(setup.classes))
-            shifted[shift] = det.features(data.test_images[mask])
-            labels[shift] = f"unknown classes {class_range(others)}"
+            labels[shift], images = unknown
+            shifted[shift] = det.features(images)
         elif shift == "pgd":
             x = to_float(setup.test_in[attack_idx].to(dev))
             adv = attack("pgd", setup.clf, x, setup.test_in_labels[attack_idx].to(dev), s,
