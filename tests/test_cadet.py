@@ -41,6 +41,7 @@ from methods.networks import build_backbone
 from methods.optim import LARS
 from orchestrator.data.datasets import DataSource, load_dataset
 from orchestrator.experiments import adversarial, attacks, cadet_setup, two_sample
+from orchestrator.experiments import adversarial_baselines as bl
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.grid.trial import Trial
 from orchestrator.planner import expand
@@ -358,7 +359,7 @@ def test_twosample_runner_on_digits_with_another_dataset(tmp_path, monkeypatch):
 def test_adversarial_runner_rows(monkeypatch):
     # CW inside an L2 ball of 0.01 (a per-pixel RMS of 0.00125 on 8x8 digits): an attack that barely succeeds.
     trial = small_trial("adversarial", training="supervised", attacks=["fgsm", "cw"], cw_l2=0.01, cw_search_steps=1,
-                        n_attacked=120)
+                        n_attacked=120, baselines=[])  # Table 4's baselines: test_table4_baselines_...
     out = adversarial.run(trial, DataSource())
     assert all(r["n_test"] == 2 * 120 for r in out["rows"])  # a seeded subset of the test images is attacked
     assert [r["variant"] for r in out["rows"]] == ["CADet + supervised", "m_in + supervised", "m_out + supervised"] * 2
@@ -380,6 +381,66 @@ def test_adversarial_runner_rows(monkeypatch):
     assert cadet_setup.in_distribution(7, 5, 10) == [7, 8, 9, 0, 1]
 
 
+def test_table4_baselines_are_tuned_on_attacked_calibration_images_only():
+    """The supervised trial adds Hu et al. (tuned on adv, and self-calibrated) and ODIN (tuned on adv) per attack,
+    scored on a seeded subset of the attacked test images and tuned on X_val^(2) and its attacked copies."""
+    trial = small_trial("adversarial", training="supervised", attacks=["fgsm"], n_attacked=150, baseline_images=100,
+                        calibration_attacked=80, hu_cap=40)
+    assert trial.settings["baselines"] == ["Hu", "ODIN"]
+    rows = adversarial.run(trial, DataSource())["rows"]
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"CADet + supervised", "m_in + supervised", "m_out + supervised",
+                       "Hu (tuned on adv) + supervised", "Hu + self-calibration + supervised",
+                       "ODIN (tuned on adv) + supervised"}
+    baselines = ("Hu (tuned on adv) + supervised", "Hu + self-calibration + supervised",
+                 "ODIN (tuned on adv) + supervised")
+    tuned, selfcal, odin = (by[v]["extra"] for v in baselines)
+    for v in baselines:
+        r = by[v]
+        assert r["n_test"] == 2 * 100 and by["CADet + supervised"]["n_test"] == 2 * 150
+        assert r["auroc_pooled"] == r["extra"]["auroc_successful"] and 0 <= r["extra"]["auroc_all_attacked"] <= 1
+        assert r["extra"]["n_calibration"] == 80 and 0 < r["extra"]["n_calibration_successful"] <= 80
+        assert r["extra"]["attack_success_rate"] > 0.5  # the attack record travels with the baseline rows
+    assert tuned["tuned_on"] == odin["tuned_on"] == "attacked calibration images"
+    assert selfcal["tuned_on"] == "clean calibration images" and selfcal["hu_weight_c2"] == 1.0
+    # The tuned weight is the grid's best on the calibration attacks, so never worse there than the fixed one.
+    assert tuned["hu_weight_c2"] in bl.W_GRID and tuned["auroc_calibration"] >= selfcal["auroc_calibration"]
+    assert (odin["odin_temperature"], odin["odin_eps"]) in bl.ODIN_GRID
+
+
+def test_hu_targeted_steps_batched_equal_the_reference_one_image_at_a_time():
+    """Hu et al.'s C2 as their detect.py counts it (one image, SGD on the input, clamp to [0, 1] and to the L_inf
+    ball, stop when the predicted label changes or at the cap) against the batched version."""
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    x = torch.rand(24, 3, 4, 4)
+    label = clf(x).argmax(1)
+    targets = bl.random_other_labels(label, 5, torch.Generator().manual_seed(1))
+    assert (targets != label).all()
+    lr, radius, cap = 0.5, 0.3, 25
+
+    def reference(img, target):
+        x_var = img.clone().requires_grad_(True)
+        start = clf(img).argmax(1).item()
+        counter = 0
+        while clf(x_var).argmax(1).item() == start:
+            loss = F.cross_entropy(clf(x_var), target)
+            (grad,) = torch.autograd.grad(loss, x_var)
+            with torch.no_grad():
+                x_var.data = torch.clamp(x_var - lr * grad, 0, 1)
+                x_var.data = torch.clamp(x_var - img, -radius, radius) + img
+            counter += 1
+            if counter >= cap:
+                break
+        return counter
+
+    expected = [reference(x[i:i + 1], targets[i:i + 1]) for i in range(len(x))]
+    with bl.frozen(clf):
+        got = bl.targeted_steps(clf, x, lr, radius, cap, targets=targets, chunk=10).tolist()
+    assert got == expected
+    assert len(set(expected)) > 3 and min(expected) < cap  # the counts differ: the stopping rule is exercised
+
+
 def test_cadet_runs_as_a_one_class_method_too_and_has_a_search_space():
     one_class = expand(SCENARIOS["contamination"], PROFILES["quick"], methods=["cadet"], seeds=[0], num_classes=10)
     assert len(one_class) == 30 and {t.kind for t in one_class} == {"one_class"}
@@ -389,7 +450,8 @@ def test_cadet_runs_as_a_one_class_method_too_and_has_a_search_space():
 
 @pytest.mark.slow  # 18 s; test_adversarial_runner_rows runs the same runner in-process
 def test_sweep_runs_the_adversarial_scenario_end_to_end(tmp_path):
-    """Through Ray Tune + Train as a user runs it: 2 trials (contrastive, supervised), 9 rows each."""
+    """Through Ray Tune + Train as a user runs it: 2 trials (contrastive, supervised), 9 rows each and 9 baseline
+    rows in the supervised one."""
     store = tmp_path / "results"
     run = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "adversarial", "--storage", str(store),
                           "--set", "epochs=3", "--no-scores"], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -399,5 +461,6 @@ def test_sweep_runs_the_adversarial_scenario_end_to_end(tmp_path):
     import pandas as pd
 
     rows = pd.read_parquet(store)
-    assert len(rows) == 18 and (rows.status == "ok").all() and rows.trial_key.nunique() == 2
-    assert set(rows.test_dataset) == {"PGD", "CW", "FGSM"} and rows.fpr_at_alpha.notna().all()
+    assert len(rows) == 27 and (rows.status == "ok").all() and rows.trial_key.nunique() == 2
+    cadet = rows[~rows.variant.str.startswith(("Hu", "ODIN"))]
+    assert set(rows.test_dataset) == {"PGD", "CW", "FGSM"} and cadet.fpr_at_alpha.notna().all() and len(cadet) == 18

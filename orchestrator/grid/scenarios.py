@@ -190,15 +190,20 @@ SCENARIOS = {
     "adversarial": Scenario(
         name="adversarial",
         description="CADet Table 4: a classifier trained on the in-distribution data attacked by PGD (L_inf), CW (L2) "
-        "and FGSM (L_inf); AUROC of CADet's score_C and of m_in, m_out alone (Table 5) against the attacked images",
+        "and FGSM (L_inf); AUROC of CADet's score_C and of m_in, m_out alone (Table 5) against the attacked images, "
+        "and of the paper's baselines on the classifier (Hu et al. tuned on adversarial images and self-calibrated, "
+        "ODIN tuned on adversarial images)",
         methods=("cadet",),
         gamma_p=(0.0,),
         gamma_l=(0.0,),
         normal_classes=(0,),
         kind="adversarial",
         axes={"training": ("contrastive", "supervised")},
-        table_rows=("test_dataset",),
-        table_columns="variant",
+        table_rows=("variant",),
+        table_columns="test_dataset",
+        row_order={"variant": ("CADet + contrastive", "CADet + supervised", "ODIN (tuned on adv) + supervised",
+                               "Hu (tuned on adv) + supervised", "Hu + self-calibration + supervised",
+                               *(f"{m} + {t}" for m in ("m_in", "m_out") for t in ("contrastive", "supervised")))},
     ),
     "rejection": Scenario(
         name="rejection",
