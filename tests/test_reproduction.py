@@ -154,6 +154,33 @@ def test_claim_verdicts_follow_the_numbers():
     assert check({**PAIRED_ABOVE, "methods": ["deepsad", "csi"]}, rows) is None  # csi not in the rows
 
 
+def test_variant_claims_pair_rows_and_leave_out_what_they_exclude():
+    """CADet's claims compare variants of one scenario: paired on the attack (or shift, n, training) and seed."""
+    spec = {c["text"].split(" (")[0]: c for c in read_spec()["claims"] if c["test"].startswith("variant_")}
+    above = next(c for c in spec.values() if c["variants"] == ["CADet + contrastive", "CADet + supervised"])
+    adv = pd.DataFrame([{"variant": f"CADet + {t}", "test_dataset": a, "seed": s, "auroc_pooled": base + 0.01 * s}
+                        for a in ("PGD", "CW", "FGSM") for s in range(3)
+                        for t, base in (("contrastive", 0.9), ("supervised", 0.7))])
+    claim, measured, verdict = check(above, adv)
+    assert verdict == "holds" and "higher on 9 of 9 pairs" in measured and "seed(s) 0, 1, 2" in measured
+    adv["variant"] = adv["variant"].map({"CADet + contrastive": "CADet + supervised",
+                                         "CADet + supervised": "CADet + contrastive"})
+    assert check(above, adv)[2] == "does not hold"
+    assert check({**above, "variants": ["CADet + contrastive", "Hu + self-calibration + supervised"]}, adv) is None
+
+    close = next(c for c in spec.values() if c["test"] == "variant_close")
+    # MMD-CC 2 points below MMD on the real shift, 30 points above on the null (which the claim leaves out).
+    rej = pd.DataFrame([{"variant": f"{stat} + {t}", "test_dataset": shift, "sample_size": n, "seed": 0,
+                         "auroc_pooled": None, "extra": json.dumps({"rejection_rate": r + (d if stat == "MMD-CC"
+                                                                                           else 0), "shift": key})}
+                        for stat in ("MMD", "MMD-CC") for t in ("contrastive", "supervised") for n in (50, 100)
+                        for shift, key, r, d in (("class prior 2:1", "class-prior", 0.5, -0.02),
+                                                 ("train (held out)", "train-holdout", 0.05, 0.30))])
+    claim, measured, verdict = check(close, rej)
+    assert verdict == "holds" and "MMD-CC 48.0 vs MMD 50.0 (-2.0 points)" in measured and "of 4 pairs" in measured
+    assert check({**close, "exclude": {}}, rej)[2] == "does not hold: MMD-CC above"  # the null counted in
+
+
 @pytest.mark.parametrize(("ours", "verdict"), [(0.80, "holds"), (0.76, "holds only in part"),
                                                (0.745, "above, but not far above"), (0.60, "does not hold")])
 def test_margin_over_best_grades_the_margin(ours, verdict):
@@ -172,6 +199,7 @@ def test_the_claims_file_names_known_checks_scenarios_methods_and_layouts():
         scenario = SCENARIOS[claim["scenario"]]
         assert claim["test"] in CHECKS
         assert set(claim.get("methods", [])) | set(claim.get("baseline", [])) <= set(scenario.methods), claim
+        assert set(claim.get("pair_on", [])) <= {"test_dataset", "sample_size", "training", "seed"}, claim
     for section in spec["report"]["sections"]:
         assert section["scenario"] in SCENARIOS
         assert all(table["layout"] in LAYOUTS for table in section["tables"])

@@ -9,6 +9,7 @@ scenario; the verdict words are the same for every claim a check tests.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 import numpy as np
@@ -17,7 +18,7 @@ import yaml
 
 from orchestrator.grid.scenarios import SCENARIOS
 from orchestrator.report.stats import cell_means, compare, wilcoxon_p
-from orchestrator.report.tables import gamma_label, published
+from orchestrator.report.tables import gamma_label, published, with_metric
 
 AXIS_SYMBOL = {"gamma_p": "γp", "gamma_l": "γl"}  # as the papers write the grid's ratio axes
 HOLDS, FAILS = "holds", "does not hold"
@@ -185,4 +186,64 @@ def rank_order(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
     return _claim_text(claim, ok, paper), measured, verdict
 
 
-CHECKS = {fn.__name__: fn for fn in (margin_over_best, smaller_drop, paired_above, above_all, rank_order)}
+def _variant_pairs(claim: dict, ok: pd.DataFrame) -> tuple[str, str, pd.DataFrame] | None:
+    """The claim's two `variants` paired on `pair_on`, without the rows `exclude` names ({column or key of
+    `extra`: values}) -> (A, B, frame with columns a, b). A name matches a row's
+    whole `variant` ("CADet + contrastive") or its detector, the part before the last " + " ("MMD-CC" in
+    "MMD-CC + supervised"; the training after it is then a pairing column: `training`)."""
+    metric = _metric(claim)
+    rows = with_metric(ok, metric).copy()
+    for col, values in claim.get("exclude", {}).items():  # e.g. a null shift, where "power" means nothing
+        value = rows[col] if col in rows else pd.Series(
+            [json.loads(e).get(col) if isinstance(e, str) else None for e in rows["extra"]], index=rows.index)
+        rows = rows[~value.isin(values)]
+    parts = rows["variant"].str.rsplit(" + ", n=1)
+    rows["detector"], rows["training"] = parts.str[0], parts.str[-1]
+    (a, b), on = claim["variants"], list(claim["pair_on"])
+    sides = {}
+    for name in (a, b):
+        col = "variant" if name in set(rows["variant"]) else "detector"
+        side = rows[rows[col] == name]
+        if side.empty:
+            return None
+        sides[name] = side.groupby(on)[metric].mean()
+    pairs = pd.concat({"a": sides[a], "b": sides[b]}, axis=1, join="inner").dropna()
+    return (a, b, pairs) if len(pairs) else None
+
+
+def _pairs_measured(a: str, b: str, pairs: pd.DataFrame, on: list[str]) -> tuple[np.ndarray, float, str]:
+    d = 100 * (pairs["a"] - pairs["b"]).to_numpy()
+    p = wilcoxon_p(d)
+    seeds = sorted(pairs.index.get_level_values("seed").unique()) if "seed" in on else []
+    measured = (f"{a} {100 * pairs['a'].mean():.1f} vs {b} {100 * pairs['b'].mean():.1f} "
+                f"({d.mean():+.1f} points); {a} higher on {int((d > 0).sum())} of {len(d)} pairs "
+                f"({', '.join(c for c in on if c != 'seed')}"
+                + (f"; seed(s) {', '.join(map(str, seeds))}" if seeds else "") + f"), Wilcoxon p = {p:.2g}")
+    return d, p, measured
+
+
+def variant_above(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """Variant A above variant B, paired on `pair_on` (e.g. the attack and the seed); Wilcoxon over the pairs."""
+    found = _variant_pairs(claim, ok)
+    if found is None:
+        return None
+    a, b, pairs = found
+    d, p, measured = _pairs_measured(a, b, pairs, claim["pair_on"])
+    verdict = FAILS if d.mean() <= 0 else HOLDS if p < claim["alpha"] else NOT_SIGNIFICANT
+    return _claim_text(claim, ok), measured, verdict
+
+
+def variant_close(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
+    """Variant A within `margin` points of variant B on average over the pairs (`pair_on`); the Wilcoxon p says
+    whether a difference is detectable at all."""
+    found = _variant_pairs(claim, ok)
+    if found is None:
+        return None
+    a, b, pairs = found
+    d, p, measured = _pairs_measured(a, b, pairs, claim["pair_on"])
+    verdict = HOLDS if abs(d.mean()) <= claim["margin"] else f"{FAILS}: {a} {'above' if d.mean() > 0 else 'below'}"
+    return _claim_text(claim, ok), measured, verdict
+
+
+CHECKS = {fn.__name__: fn for fn in (margin_over_best, smaller_drop, paired_above, above_all, rank_order,
+                                     variant_above, variant_close)}

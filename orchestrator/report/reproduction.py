@@ -290,14 +290,21 @@ CADET_SCENARIOS = {
 }
 
 
-def cadet_lines(cadet_storage: str | None, profile: str) -> list[str]:
-    """A section per CADet scenario the store holds ok rows of (none: no lines)."""
+def cadet_rows(cadet_storage: str | None, profile: str) -> pd.DataFrame:
+    """The CADet store's ok rows of the profile (empty when there is no store)."""
     if not cadet_storage or not (Path(cadet_storage).exists() or "://" in cadet_storage):
-        return []
+        return pd.DataFrame()
     rows = load_rows(cadet_storage)
     if rows.empty:
+        return rows
+    return rows[(rows["profile"] == profile) & (rows["status"] == "ok")]
+
+
+def cadet_lines(cadet_storage: str | None, profile: str) -> list[str]:
+    """A section per CADet scenario the store holds ok rows of (none: no lines)."""
+    ok = cadet_rows(cadet_storage, profile)
+    if ok.empty:
         return []
-    ok = rows[(rows["profile"] == profile) & (rows["status"] == "ok")]
     lines = ["## CADet", "",
              f"From the store `{shown_path(cadet_storage)}` (`python -m orchestrator.results --storage "
              f"{shown_path(cadet_storage)} table SCENARIO` prints the same). The paper measured other shifts "
@@ -346,7 +353,10 @@ def build_report(storage: str, profile: str = "small", cadet_storage: str | None
     ]
     for section in report["sections"]:
         doc += section_lines(section, ok[ok["scenario"] == section["scenario"]], profile)
-    verdicts = [check(claim, ok[ok["scenario"] == claim["scenario"]], spec["names"]) for claim in spec["claims"]]
+    cadet_ok = cadet_rows(cadet_storage, profile)
+    claim_rows = pd.concat([ok, cadet_ok]) if len(cadet_ok) else ok
+    verdicts = [check(claim, claim_rows[claim_rows["scenario"] == claim["scenario"]], spec["names"])
+                for claim in spec["claims"]]
     doc += cadet_lines(cadet_storage, profile)
     doc += ["## Do the papers' relations hold?", "", "| claim | measured | verdict |", "| --- | --- | --- |"]
     doc += [f"| {c} | {m} | **{v}** |" for c, m, v in (r for r in verdicts if r is not None)]
