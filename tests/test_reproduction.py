@@ -26,7 +26,14 @@ from orchestrator.data import datasets as D
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.planner import method_params
 from orchestrator.report.claims import CHECKS, check, read_spec
-from orchestrator.report.reproduction import LAYOUTS, build_report, shown_path, wall_minutes
+from orchestrator.report.reproduction import (
+    LAYOUTS,
+    attack_lines,
+    build_report,
+    shown_path,
+    skipped_lines,
+    wall_minutes,
+)
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +186,24 @@ def test_variant_claims_pair_rows_and_leave_out_what_they_exclude():
     claim, measured, verdict = check(close, rej)
     assert verdict == "holds" and "MMD-CC 48.0 vs MMD 50.0 (-2.0 points)" in measured and "of 4 pairs" in measured
     assert check({**close, "exclude": {}}, rej)[2] == "does not hold: MMD-CC above"  # the null counted in
+
+
+def test_the_cadet_section_says_which_attack_failed_and_which_shift_could_not_run():
+    """An experiment that does not do what it claims says so in the document: a flagged attack, a skipped shift."""
+    def extra(rate, skipped):
+        return json.dumps({"attack_success_rate": rate, "attack_succeeded": rate >= 0.5, "clean_accuracy": 0.6,
+                           "adv_accuracy": 0.6 * (1 - rate), "l2_mean": 0.4, "linf_max": 0.02,
+                           "skipped_shifts": skipped})
+    rows = pd.DataFrame([{"test_dataset": a, "seed": 0, "extra": extra(r, ["cifar10.1: no file"] if a == "CW" else [])}
+                         for a, r in (("PGD", 0.9), ("CW", 0.1))])
+    table = "\n".join(attack_lines(rows))
+    cells = {li.split("|")[1].strip(): [c.strip() for c in li.strip(" |").split("|")]
+             for li in table.splitlines() if li.startswith("| ") and not li.startswith("| attack")}
+    assert cells["PGD"][2:4] == ["90", "60.0 -> 6.0"] and cells["PGD"][-1] == "yes"
+    assert cells["CW"][2] == "10" and cells["CW"][-1] == "NO: its column measures little"
+    said = "Shifts that could not run here (no data on this machine): `cifar10.1: no file`."
+    assert skipped_lines(rows) == [said, ""]
+    assert skipped_lines(rows.iloc[:1]) == []
 
 
 @pytest.mark.parametrize(("ours", "verdict"), [(0.80, "holds"), (0.76, "holds only in part"),

@@ -315,14 +315,60 @@ def cadet_lines(cadet_storage: str | None, profile: str) -> list[str]:
         these = ok[ok["scenario"] == scenario]
         if these.empty:
             continue
-        wide = wide_table(these, scenario, with_published=True)
+        wide = wide_table(these, scenario, with_published=True).fillna("")  # no paper number: an empty cell
         if wide.empty:
             continue
         shown = True
         seeds = ", ".join(str(s) for s in sorted(these["seed"].unique()))
         counts = f"{these['trial_key'].nunique()} ok trial(s), {len(these)} rows"
         lines += [f"### {title}", "", f"Seed(s) {seeds}; {counts}.", "", _md(wide), ""]
-    return lines if shown else []
+        lines += skipped_lines(these)
+        if scenario == "adversarial":
+            lines += attack_lines(these)
+    if not shown:
+        return []
+    trials = ok.drop_duplicates("trial_key")
+    trials = trials.assign(training=[json.loads(e).get("training") if isinstance(e, str) else None
+                                     for e in trials["extra"]])
+    cost = trials.groupby(["scenario", "training", "seed"]).agg(
+        trials=("trial_key", "size"), trial_min=("trial_seconds", lambda t: round(t.sum() / 60, 1)),
+        train_min=("train_seconds", lambda t: round(t.sum() / 60, 1))).reset_index()
+    lines += ["### What the CADet trials cost", "",
+              "One CPU thread a trial (two at a time); minutes summed over the trials of each cell.", "",
+              _md(cost.rename(columns={"trial_min": "trial min", "train_min": "training min"})), ""]
+    return lines
+
+
+def _extras(rows: pd.DataFrame) -> list[dict]:
+    return [json.loads(e) if isinstance(e, str) else {} for e in rows["extra"]]
+
+
+def skipped_lines(rows: pd.DataFrame) -> list[str]:
+    """The shifts a scenario's trials could not run (rows' extra.skipped_shifts), said in the document."""
+    skipped = sorted({s for e in _extras(rows) for s in e.get("skipped_shifts", [])})
+    return ["Shifts that could not run here (no data on this machine): " + "; ".join(f"`{s}`" for s in skipped)
+            + ".", ""] if skipped else []
+
+
+def attack_lines(rows: pd.DataFrame) -> list[str]:
+    """Table 4's attacks as they ran: success among the correctly classified images, accuracy before and after,
+    perturbation sizes; an attack that fooled fewer than half is flagged (its column measures little)."""
+    extras = pd.DataFrame(_extras(rows)).assign(attack=rows["test_dataset"].to_numpy(), seed=rows["seed"].to_numpy())
+    if "attack_success_rate" not in extras:
+        return []
+    per = extras.drop_duplicates(["attack", "seed"]).groupby("attack", sort=False).agg(
+        seeds=("seed", "nunique"), success=("attack_success_rate", "mean"), clean_acc=("clean_accuracy", "mean"),
+        adv_acc=("adv_accuracy", "mean"), l2=("l2_mean", "mean"), linf=("linf_max", "max"),
+        succeeded=("attack_succeeded", "all"))
+    table = pd.DataFrame({
+        "attack": per.index, "seeds": per["seeds"].to_numpy(),
+        "success (% of correct images)": (100 * per["success"]).round(1).to_numpy(),
+        "accuracy clean -> attacked (%)": [f"{100 * c:.1f} -> {100 * a:.1f}"
+                                           for c, a in zip(per["clean_acc"], per["adv_acc"], strict=True)],
+        "L2 (mean)": per["l2"].round(3).to_numpy(), "L_inf (max)": per["linf"].round(4).to_numpy(),
+        "attack succeeded": ["yes" if ok else "NO: its column measures little" for ok in per["succeeded"]]})
+    return ["The attacks as they ran (the AUROCs above count the successful ones; `extra.auroc_all_attacked` "
+            "counts every attacked image):", "", _md(table), ""]
 
 
 def build_report(storage: str, profile: str = "small", cadet_storage: str | None = None) -> str:
