@@ -16,6 +16,10 @@ so a run cut short still gives every table):
    seeds 0-2.
 5. contamination (MIL-convex Table 1) at gamma_p = .10 for MIL-convex, CSI and MSC on the same classes,
    seeds 0-2, and at gamma_p = .02 (seed 0) for the degradation from .02 to .10.
+7-10. CADet, into its own store (--cadet-store, no per-sample scores): Table 1 (rejection), Table 4
+   (adversarial), Table 3 (ood-detection; MNIST's test files as far OOD, read from --mnist-root) and Figure 2
+   (cadet-transforms), seed 0; 11-13: Tables 3, 4 and 1 again with seeds 1 and 2. Each is two trials
+   (contrastive and supervised features) of 45-90 min on one CPU thread.
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ STEPS = [
     ("milconvex-ablation", ["--seeds", "0,1,2"]),
     ("contamination", ["--methods", "milconvex,csi,msc", "--gamma-p", "0.1", "--seeds", "0,1,2"]),
     ("contamination", ["--methods", "milconvex,csi,msc", "--gamma-p", "0.02", "--seeds", "0"]),
+    *((name, ["--seeds", "0"]) for name in ("rejection", "adversarial", "ood-detection", "cadet-transforms")),
+    *((name, ["--seeds", "1,2"]) for name in ("ood-detection", "adversarial", "rejection")),
 ]
+CADET = {"rejection", "adversarial", "ood-detection", "cadet-transforms"}  # steps that write the CADet store
 
 
 def main(argv=None) -> int:
@@ -61,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--cadet-store", default=None,
                    help=f"CADet scenarios' store for the document's CADet section (default {DEFAULT_CADET_STORE} "
                         "with the default store)")
+    p.add_argument("--mnist-root", default=None,
+                   help="folder holding MNIST/raw/t10k-*-ubyte.gz, CADet Table 3's far OOD (default: --data-root)")
     p.add_argument("--report-only", action="store_true", help="write the document from the store, train nothing")
     args = p.parse_args(argv)
     # The sweeps run from the repo root, so paths the caller typed are made absolute against the caller's
@@ -70,6 +79,8 @@ def main(argv=None) -> int:
     scores = args.scores_store or (str(ROOT / DEFAULT_SCORES) if default_store else None)
     scores = str(Path(scores).resolve()) if scores else None
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    cadet = str(Path(args.cadet_store).resolve()) if args.cadet_store else (
+        str(ROOT / DEFAULT_CADET_STORE) if default_store else None)
 
     if not args.report_only:
         common = ["--profile", args.profile, "--storage", store]
@@ -81,11 +92,18 @@ def main(argv=None) -> int:
         for step, (scenario, extra) in enumerate(STEPS, start=1):
             if step not in wanted:
                 continue
-            if scenario in ("milconvex-ablation", "contamination"):
-                extra = [*extra, "--normal-classes", args.mil_classes]
-            elif args.normal_classes:
-                extra = [*extra, "--normal-classes", args.normal_classes]
-            cmd = [sys.executable, "-m", "orchestrator.sweep", scenario, *common, *extra]
+            if scenario in CADET:
+                if not cadet:
+                    print(f"  step {step} ({scenario}) skipped: no --cadet-store", flush=True)
+                    continue
+                cmd = [sys.executable, "-m", "orchestrator.sweep", scenario, *cadet_args(args, data_root, cadet),
+                       *extra]
+            else:
+                if scenario in ("milconvex-ablation", "contamination"):
+                    extra = [*extra, "--normal-classes", args.mil_classes]
+                elif args.normal_classes:
+                    extra = [*extra, "--normal-classes", args.normal_classes]
+                cmd = [sys.executable, "-m", "orchestrator.sweep", scenario, *common, *extra]
             print("$", " ".join(cmd[1:]), flush=True)
             t0 = time.monotonic()
             rc = subprocess.call(cmd, cwd=ROOT)
@@ -95,11 +113,23 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from orchestrator.report.reproduction import write_report
 
-    cadet = str(Path(args.cadet_store).resolve()) if args.cadet_store else (
-        str(ROOT / DEFAULT_CADET_STORE) if default_store else None)
     path = write_report(store, args.out, profile=args.profile, cadet_storage=cadet)
     print(f"wrote {path}")
     return 0
+
+
+def cadet_args(args, data_root: str | None, cadet_store: str) -> list[str]:
+    """A CADet sweep's arguments: the dataset by its full path (so --data-root is free to name MNIST's test
+    files, Table 3's far OOD), the CADet store, no per-sample scores."""
+    dataset = args.dataset
+    if dataset and data_root and not Path(dataset).is_absolute():
+        dataset = str(Path(data_root) / dataset) if (Path(data_root) / dataset).is_dir() else dataset
+    mnist = str(Path(args.mnist_root).resolve()) if args.mnist_root else data_root
+    out = ["--profile", args.profile, "--storage", cadet_store, "--no-scores"]
+    out += ["--dataset", dataset] if dataset else []
+    out += ["--data-root", mnist] if mnist else []
+    out += ["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []
+    return out
 
 
 if __name__ == "__main__":

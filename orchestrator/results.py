@@ -106,6 +106,8 @@ def parse_args(argv=None):
     r = sub.add_parser("reproduction", help="write the reproduction report (tables, relations, cost) from the store")
     r.add_argument("--profile", default="small")
     r.add_argument("--out", default="docs/reproduction.md")
+    r.add_argument("--cadet-storage", default=None, help="the CADet scenarios' store: the document's CADet section "
+                   "and relations (benchmarks/records/cadet for the committed document)")
     return p.parse_args(argv)
 
 
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
             _emit(compare(rows, args.method_a, args.method_b, args.metric).round(4), args.format,
                   f"{args.method_a} - {args.method_b}, paired by grid point and seed")
         elif args.command == "reproduction":
-            print(write_report(args.storage, args.out, args.profile))
+            print(write_report(args.storage, args.out, args.profile, args.cadet_storage))
     except (ValueError, duckdb.Error, UserError, DatasetError, SplitError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

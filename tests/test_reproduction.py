@@ -251,9 +251,11 @@ def test_the_store_is_named_relative_to_the_repository_when_inside_it(tmp_path):
 @pytest.mark.slow  # a few minutes: the reproduction script's sweeps (68 quick trials) and report
 def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_path):
     store, doc, again = tmp_path / "results", tmp_path / "reproduction.md", tmp_path / "again.md"
+    cadet = tmp_path / "cadet"
     run = subprocess.run(
         [sys.executable, "benchmarks/reproduction.py", "--profile", "quick", "--dataset", "digits",
-         "--store", str(store), "--normal-classes", "0,1", "--mil-classes", "0", "--out", str(doc)],
+         "--store", str(store), "--normal-classes", "0,1", "--mil-classes", "0", "--out", str(doc),
+         "--cadet-store", str(cadet), "--steps", "1,2,3,4,5,6,7,8"],  # 7, 8: CADet Tables 1 and 4, seed 0
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = doc.read_text()
@@ -269,13 +271,18 @@ def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_
         assert f"{per_seed.mean():.1f}{spread} [{len(mine)}]" in line, line
     verdicts = [li for li in text.split("## Do the papers' relations hold?")[1].split("##")[0].splitlines()
                 if li.startswith("| ") and "**" in li]
-    # contrastive vs pixels, HSCL vs CSI drop, Deep SAD vs SVDD, MIL-convex vs CSI and MSC, MIL-convex ablation
-    assert len(verdicts) == 5
+    # contrastive vs pixels, HSCL vs CSI drop, Deep SAD vs SVDD, MIL-convex vs CSI and MSC, MIL-convex ablation;
+    # CADet: MMD-CC close to MMD, contrastive above supervised, CADet above self-calibrated Hu et al.
+    assert len(verdicts) == 8
+    cadet_rows = pd.read_parquet(cadet)
+    assert set(cadet_rows["scenario"]) == {"rejection", "adversarial"} and cadet_rows["trial_key"].nunique() == 4
+    assert "CADet Table 1 analogue" in text and "CADet Table 4 analogue" in text and "The attacks as they ran" in text
     assert "Rot + Mean" in text and "HSCL Table 2" in text and "trial time, sum (min)" in text
 
     # The results CLI writes the same document from the store alone (only the timestamp line may differ).
     cli = subprocess.run([sys.executable, "-m", "orchestrator.results", "--storage", str(store), "reproduction",
-                          "--profile", "quick", "--out", str(again)], cwd=ROOT, capture_output=True, text=True)
+                          "--profile", "quick", "--out", str(again), "--cadet-storage", str(cadet)],
+                         cwd=ROOT, capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     strip = [li for li in text.splitlines() if not li.startswith("_Generated")]
     assert [li for li in again.read_text().splitlines() if not li.startswith("_Generated")] == strip
