@@ -8,6 +8,7 @@ mean. Failed and missing trials are counted under the table, never averaged in.
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 import pandas as pd
@@ -96,8 +97,20 @@ def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric=
     rank = [cells[k].map({v: i for i, v in enumerate((order or {}).get(k, []))}).fillna(len(cells))
             for k in index]
     cells = cells.assign(**{f"_rank{i}": r for i, r in enumerate(rank)})
-    cells = cells.sort_values([f"_rank{i}" for i in range(len(index))] + list(keys), kind="stable")
+    cells = cells.sort_values([f"_rank{i}" for i in range(len(index))] + list(keys), kind="stable", key=_natural)
     return cells.drop(columns=[f"_rank{i}" for i in range(len(index))]).reset_index(drop=True)
+
+
+def _natural(column: pd.Series) -> pd.Series:
+    """Text sorted with its numbers as numbers ("n_trs=2" before "n_trs=10": Figure 2's curve in order).
+
+    >>> _natural(pd.Series(["k=10", "k=2"])).sort_values().index.tolist()
+    [1, 0]
+    """
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    # re.split with a group alternates text and digits, so tuples compare text with text, numbers with numbers.
+    return column.map(lambda v: tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(v)))))
 
 
 def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method",), column="gamma_p",
