@@ -30,6 +30,8 @@ from orchestrator.report.reproduction import (
     LAYOUTS,
     attack_lines,
     build_report,
+    cost_table,
+    setup_lines,
     shown_path,
     skipped_lines,
     wall_minutes,
@@ -296,3 +298,19 @@ def test_wall_minutes_counts_overlaps_once_and_skips_gaps_between_sessions():
         "finished_at": [t + 10 * m, t + 20 * m, t + 140 * m],
     })
     assert wall_minutes(rows) == pytest.approx(30.0)
+
+
+def test_cost_and_setup_name_each_precision_with_its_seeds():
+    """Seeds run on different CPUs (bf16 where native, fp32 elsewhere) are costed and named apart."""
+    extra = [json.dumps({"precision": p}) for p in ("fp32", "fp32", "bf16", "bf16")]
+    rows = pd.DataFrame({
+        "scenario": "scenario2", "method": "hscl", "status": "ok", "seed": [0, 0, 1, 2], "extra": extra,
+        "train_seconds": [800.0, 820.0, 190.0, 210.0], "trial_seconds": [840.0, 860.0, 200.0, 220.0],
+    })
+    table = cost_table(rows, ["scenario2"]).set_index("precision")
+    assert table.loc["bf16", "trial s (median)"] == "210" and table.loc["fp32", "trial s (median)"] == "850"
+    assert table.loc["", "trials ok"] == 4  # the total
+    lines = setup_lines(rows.assign(dataset="cifar10", params="{}", gamma_l=0.05, val_fraction=0.05, n_test=10000,
+                                    device="cpu:2cores", hostname="vm", git_sha="abc"),
+                        "small", {"methods": [], "params": [], "split_scenario": "scenario2"})
+    assert "bf16 (2 trials; seed(s) 1, 2), fp32 (2 trials; seed(s) 0)" in "\n".join(lines)

@@ -205,11 +205,18 @@ def write_cd_figures(storage: str, out_dir: Path, profile: str = "small") -> lis
 # Cost and set-up
 
 
+def row_precision(rows: pd.DataFrame) -> pd.Series:
+    """The precision each trial's network computed in ("bf16", "fp32"), "" for methods without a network."""
+    return rows["extra"].map(lambda e: (json.loads(e).get("precision") or "") if isinstance(e, str) else "")
+
+
 def cost_table(rows: pd.DataFrame, scenario_order: list[str]) -> pd.DataFrame:
-    """Per scenario and method: trials, median train and trial seconds, summed trial minutes; and the total.
-    Scenarios in the document's order, methods in the order its scenarios declare them."""
-    def line(scenario: str, method: str, g: pd.DataFrame) -> dict:
-        return {"scenario": scenario, "method": method, "trials ok": int((g["status"] == "ok").sum()),
+    """Per scenario, method and precision: trials, median train and trial seconds, summed trial minutes; and the
+    total. Scenarios in the document's order, methods in the order its scenarios declare them. Precision is a
+    key because seeds may come from different CPUs: bf16 on one with native bf16 is several times faster."""
+    def line(scenario: str, method: str, precision: str, g: pd.DataFrame) -> dict:
+        return {"scenario": scenario, "method": method, "precision": precision,
+                "trials ok": int((g["status"] == "ok").sum()),
                 "failed": int((g["status"] != "ok").sum()),
                 "train s (median)": f"{g['train_seconds'].median():.0f}",
                 "trial s (median)": f"{g['trial_seconds'].median():.0f}",
@@ -218,12 +225,14 @@ def cost_table(rows: pd.DataFrame, scenario_order: list[str]) -> pd.DataFrame:
     methods = list(dict.fromkeys(m for s in scenario_order for m in SCENARIOS[s].methods))
     scenario_rank, method_rank = ({v: i for i, v in enumerate(vs)} for vs in (scenario_order, methods))
     ordered = rows.assign(scenario_rank=rows["scenario"].map(scenario_rank).fillna(len(scenario_rank)),
-                          method_rank=rows["method"].map(method_rank).fillna(len(method_rank)))
-    ordered = ordered.sort_values(["scenario_rank", "scenario", "method_rank", "method"], kind="stable")
-    groups = ordered.groupby(["scenario", "method"], sort=False)
-    total = line("all", "", rows)
+                          method_rank=rows["method"].map(method_rank).fillna(len(method_rank)),
+                          precision=row_precision(rows))
+    ordered = ordered.sort_values(["scenario_rank", "scenario", "method_rank", "method", "precision"], kind="stable")
+    groups = ordered.groupby(["scenario", "method", "precision"], sort=False)
+    total = line("all", "", "", rows)
     total["train s (median)"] = total["trial s (median)"] = ""
-    return pd.DataFrame([*(line(scenario, method, g) for (scenario, method), g in groups), total])
+    return pd.DataFrame([*(line(scenario, method, precision, g) for (scenario, method, precision), g in groups),
+                         total])
 
 
 def wall_minutes(rows: pd.DataFrame) -> float:
@@ -256,10 +265,13 @@ def setup_lines(rows: pd.DataFrame, profile: str, spec: dict) -> list[str]:
                f"test images; seed(s) {', '.join(str(s) for s in sorted(rows['seed'].unique()))}.")
     out.append(f"- Device(s): {', '.join(sorted(rows['device'].dropna().unique()))}; host(s) "
                f"{', '.join(sorted(rows['hostname'].dropna().unique()))}; one CPU thread per trial unless stated.")
-    precision = rows["extra"].dropna().map(lambda e: json.loads(e).get("precision")).dropna()
-    if len(precision):
-        counts = precision.value_counts()
-        out.append("- Precision of the networks: " + ", ".join(f"{k} ({n} trials)" for k, n in counts.items())
+    precision = row_precision(rows).replace("", None)
+    if precision.notna().any():
+        # Seeds can come from different machines (a CPU with native bf16 and one without): name which
+        # seeds ran in which precision, since a paired comparison is only within one seed.
+        by = pd.DataFrame({"precision": precision, "seed": rows["seed"]}).dropna().groupby("precision")["seed"]
+        parts = [f"{k} ({len(s)} trials; seed(s) {', '.join(str(x) for x in sorted(s.unique()))})" for k, s in by]
+        out.append("- Precision of the networks: " + ", ".join(parts)
                    + " (bf16 only on a CPU that computes it natively: methods/trainer.py Precision).")
     out.append(f"- Code: git {', '.join(sorted(rows['git_sha'].dropna().unique()))}.")
     return out
