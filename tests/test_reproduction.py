@@ -151,6 +151,9 @@ MARGIN = {"scenario": "scenario2", "test": "margin_over_best", "methods": ["hscl
 
 def test_claim_verdicts_follow_the_numbers():
     assert check(SMALLER_DROP, _drops(hscl_drop=0.02, csi_drop=0.10))[2] == "holds"
+    # With seeds, each (normal class, seed) is one pair: 6 classes x 2 seeds.
+    two_seeds = pd.concat([_drops(hscl_drop=0.02, csi_drop=0.10).assign(seed=s) for s in (0, 1)])
+    assert "on 12 of 12 (normal class, seed) points; seed(s) 0, 1" in check(SMALLER_DROP, two_seeds)[1]
     assert check(SMALLER_DROP, _drops(hscl_drop=0.10, csi_drop=0.02))[2] == "does not hold"
     point = {"profile": "small", "dataset": "d", "anomaly_class": 1, "gamma_l": 0.05, "gamma_l_normal": 0.05,
              "seed": 0, "status": "ok", "gamma_p": 0.0}
@@ -190,6 +193,42 @@ def test_variant_claims_pair_rows_and_leave_out_what_they_exclude():
     assert check({**close, "exclude": {}}, rej)[2] == "does not hold: MMD-CC above"  # the null counted in
 
 
+
+def test_mil_convex_claims_pair_class_and_seed_and_read_only_their_slice():
+    """Issue 21's relations: the full method against Rot + Mean and MIL-convex against CSI and MSC are paired
+    on (normal class, seed); the drop from γp .02 to .10 uses only the points that have both (seed 0 here)."""
+    claims = [c for c in read_spec()["claims"] if c["scenario"] in ("contamination", "milconvex-ablation")]
+    above_all = next(c for c in claims if c["test"] == "above_all")
+    drop = next(c for c in claims if c["test"] == "smaller_drop")
+    full = next(c for c in claims if c["test"] == "variant_above")
+
+    def auroc(method, c, s, g):  # milconvex 5 points above csi and 20 above msc; it loses .01 from .02 to .10,
+        base = {"milconvex": 0.80, "csi": 0.75, "msc": 0.60}[method] + 0.01 * c + 0.002 * s  # csi .05
+        return base - (0.0 if g == 0.02 else {"milconvex": 0.01, "csi": 0.05, "msc": 0.0}[method])
+
+    rows = pd.DataFrame([{"method": m, "normal_class": c, "seed": s, "gamma_p": g, "auroc_pooled": auroc(m, c, s, g)}
+                         for m in ("milconvex", "csi", "msc") for c in range(5)
+                         for g, seeds in ((0.1, (0, 1, 2)), (0.02, (0,))) for s in seeds])
+    text, measured, verdict = check(above_all, rows)
+    assert verdict == "holds" and "higher on 15 of 15 points; seed(s) 0, 1, 2" in measured
+    assert "γp = 0.1" in text and "milconvex 86.2" in text  # the paper's γp = .10 means, not the .02 ones
+    rows.loc[rows["method"] == "msc", "auroc_pooled"] += 0.5  # MSC now far above: the claim holds against csi only
+    assert check(above_all, rows)[2] == "holds against csi only"
+
+    text, measured, verdict = check(drop, rows)
+    # 5 of 5 in one direction is the smallest two-sided Wilcoxon p five pairs can give: 2 / 2^5 = .0625.
+    assert verdict == "holds, not significant at this size" and "p = 0.062" in measured
+    assert "on 5 of 5 (normal class, seed) points; seed(s) 0" in measured
+    assert "milconvex drops 1.0 points, csi 5.0" in measured and "milconvex 89.6 -> 86.2, csi 90.1 -> 80.5" in text
+
+    ablation = pd.DataFrame([{"variant": v, "normal_class": c, "seed": s, "auroc_pooled": 0.8 + d + 0.01 * c}
+                             for v, d in (("all", 0.02), ("Rot + Mean", 0.0), ("Rot", -0.01)) for c in range(5)
+                             for s in range(3)])
+    assert check(full, ablation)[2] == "holds"
+    assert "higher on 15 of 15 pairs (normal_class; seed(s) 0, 1, 2)" in check(full, ablation)[1]
+    ablation["variant"] = ablation["variant"].map({"all": "Rot + Mean", "Rot + Mean": "all", "Rot": "Rot"})
+    assert check(full, ablation)[2] == "does not hold"
+
 def test_the_cadet_section_says_which_attack_failed_and_which_shift_could_not_run():
     """An experiment that does not do what it claims says so in the document: a flagged attack, a skipped shift."""
     def extra(rate, skipped):
@@ -226,7 +265,8 @@ def test_the_claims_file_names_known_checks_scenarios_methods_and_layouts():
         scenario = SCENARIOS[claim["scenario"]]
         assert claim["test"] in CHECKS
         assert set(claim.get("methods", [])) | set(claim.get("baseline", [])) <= set(scenario.methods), claim
-        assert set(claim.get("pair_on", [])) <= {"test_dataset", "sample_size", "training", "seed"}, claim
+        pairable = {"test_dataset", "sample_size", "training", "seed", "normal_class"}
+        assert set(claim.get("pair_on", [])) <= pairable, claim
     for section in spec["report"]["sections"]:
         assert section["scenario"] in SCENARIOS
         assert all(table["layout"] in LAYOUTS for table in section["tables"])
