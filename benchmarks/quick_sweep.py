@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -42,6 +43,21 @@ def tree_rss(proc: psutil.Process) -> int:
         except psutil.Error:
             pass
     return total
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it computes bf16 natively: wall times compare only on the same CPU."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from methods.trainer import cpu_has_bf16
+
+    return f"{name} ({'native' if cpu_has_bf16() else 'no'} bf16)"
 
 
 def measure(code: Path, extra: list[str]) -> dict:
@@ -75,6 +91,7 @@ def measure(code: Path, extra: list[str]) -> dict:
         "code": str(code),
         "command": " ".join(cmd[1:]).replace(str(store), "STORE"),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "trials": len(rows),
         "ok": len(ok),
         "concurrent": concurrent,
@@ -84,8 +101,15 @@ def measure(code: Path, extra: list[str]) -> dict:
         "sum_train_seconds": round(float(rows["train_seconds"].sum()), 1),
         "mean_trial_seconds": round(float(rows["trial_seconds"].mean()), 2),
         "efficiency": round(own / (wall * concurrent), 3),
+        "sum_trial_seconds_by_method": {
+            str(k): round(v, 1) for k, v in rows.groupby("method")["trial_seconds"].sum().items()
+        },
         "mean_auroc_pooled_by_method": {
             str(k): round(v, 4) for k, v in ok.groupby("method")["auroc_pooled"].mean().items()
+        },
+        # The validation AUROC (held-out training images): a speed setting that costs quality shows here first.
+        "mean_auroc_val_by_method": {
+            str(k): round(v, 4) for k, v in ok.groupby("method")["auroc_val"].mean().items()
         },
     }
 
