@@ -83,9 +83,9 @@ def test_estimate_of_a_quick_sweep_is_within_2x_of_its_wall_time(small_store, tm
     """Priced from the session's real 6-trial sweep (conftest's small_store), a different 6-trial grid runs
     through the real CLI; its estimated wall time (from the sweep's first write, its manifest, to its last row)
     must be within a factor 2 of the measured one."""
-    args = ["scenario2", "--methods", "hscl", "--normal-classes", "1", "--anomaly-classes", "2,3", "--set", "epochs=3"]
-    trials, _ = plan(Request("scenario2", methods=["hscl"], normal_classes=[1], anomaly_classes=[2, 3],
-                             overrides={"epochs": 3}), DataSource())
+    args = ["scenario2", "--methods", "hscl", "--normal-classes", "1", "--anomaly-classes", "2,3"]
+    trials, _ = plan(Request("scenario2", methods=["hscl"], normal_classes=[1], anomaly_classes=[2, 3]),
+                     DataSource())
     est = estimate(trials, str(small_store), concurrency=local_concurrency(), records=None)
     (kind,) = est.kinds.values()
     assert kind.trials == len(trials) == 6
