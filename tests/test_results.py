@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.report.stats import compare, metrics_from_scores
-from orchestrator.report.tables import summary, wide_table
+from orchestrator.report.tables import paper_table, summary, wide_table
 from orchestrator.results import main
 from orchestrator.store import connect
 
@@ -19,6 +19,24 @@ def test_table_numbers_equal_pandas_means(small_store, capsys):
     for gamma, mean in rows.groupby("gamma_p")["auroc_pooled"].mean().items():
         cell = printed.loc[printed["method"] == "hscl", f"gamma_p={gamma}"].item()
         assert cell.startswith(f"{100 * mean:.1f} ") and cell.endswith("[2]")
+
+
+def test_a_seed_still_running_stays_out_of_the_mean_until_it_covers_the_cell(small_store):
+    """A store being filled: seed 1 has one of the two grid points of each cell so far. Its mean would be over
+    other points than seed 0's, so the cell is seed 0's alone, and seed 1's trial shows as pending (+1)."""
+    rows = pd.read_parquet(small_store)  # seed 0: 2 known classes per gamma_p
+    partial = rows[rows["anomaly_class"] == rows["anomaly_class"].min()].assign(seed=1, auroc_pooled=0.0)
+    cells = paper_table(pd.concat([rows, partial])).set_index("gamma_p")
+    seed0 = 100 * rows.groupby("gamma_p")["auroc_pooled"].mean()
+    assert np.allclose(cells["mean"], seed0) and (cells["n"] == 2).all() and (cells["pending"] == 1).all()
+    assert cells["std"].isna().all()
+    # Once seed 1 covers the cell, both seeds count.
+    full = rows.assign(seed=1, auroc_pooled=0.0)
+    cells = paper_table(pd.concat([rows, full])).set_index("gamma_p")
+    assert np.allclose(cells["mean"], seed0 / 2) and (cells["n"] == 4).all() and (cells["pending"] == 0).all()
+    wide = wide_table(pd.concat([rows, partial]), "scenario2")
+    texts = [wide[c].item() for c in wide.columns if c.startswith("gamma_p=")]
+    assert len(texts) == 3 and all(t.endswith("[2 +1]") for t in texts), texts
 
 
 def test_published_numbers_are_printed_beside_ours_with_the_difference(small_store):

@@ -77,7 +77,7 @@ def by_column_table(ok: pd.DataFrame, scenario, spec: dict) -> pd.DataFrame:
                 "labeled anomalies": first.get("labeled_anomalies") or "–",
                 "seeds": ok.loc[ok["method"] == m, "seed"].nunique()}
         for v in values:
-            line[f"{symbol}={gamma_label(v)}"] = (cell_text(*mine.loc[v, ["mean", "std", "n"]])
+            line[f"{symbol}={gamma_label(v)}"] = (cell_text(*mine.loc[v, ["mean", "std", "n", "pending"]])
                                                   if v in mine.index else "–")
         if len(values) > 1 and values[0] in mine.index and values[-1] in mine.index:
             line["drop"] = percent(mine.loc[values[0], "mean"] - mine.loc[values[-1], "mean"])
@@ -285,7 +285,8 @@ def progress_lines(storage: str, profile: str) -> list[str]:
              for r in sweeps.itertuples(index=False)]
     if any(r.missing for r in sweeps.itertuples(index=False)):
         lines.append("- The store is still being filled: cells hold the trials finished so far (their count "
-                     "in brackets).")
+                     "in brackets); \"+k\": the k trials of a seed that does not yet cover the cell's grid points, "
+                     "left out of its mean and std until it does.")
     return lines
 
 

@@ -2,7 +2,10 @@
 
 A cell is the mean of the metric (in %) over the ``ok`` trials that fall in it (grid points and
 seeds), with the number of trials in brackets; with several seeds the std over seeds follows the
-mean. Failed and missing trials are counted under the table, never averaged in.
+mean. Failed and missing trials are counted under the table, never averaged in. While a store
+fills, a seed enters a cell only once it holds as many of the cell's trials as the cell's most
+complete seed (else its mean would be over other, easier or harder, grid points); its trials so
+far show as "+k" in the brackets.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ console = Console()
 # Cells and labels
 
 
-def cell_text(mean: float, std: float | None, n: int) -> str:
-    """One cell, the same in every table: "76.5 ± 1.2 [10]" (mean %, std over seeds, trials).
+def cell_text(mean: float, std: float | None, n: int, pending: int = 0) -> str:
+    """One cell, the same in every table: "76.5 ± 1.2 [10]" (mean %, std over seeds, trials), and "+k" for
+    the trials of seeds still short of the cell's grid points (not averaged in).
 
-    >>> cell_text(76.54, float("nan"), 10), cell_text(76.54, 1.23, 20)
-    ('76.5 [10]', '76.5 ± 1.2 [20]')
+    >>> cell_text(76.54, float("nan"), 10), cell_text(76.54, 1.23, 20), cell_text(76.54, 1.23, 20, 3)
+    ('76.5 [10]', '76.5 ± 1.2 [20]', '76.5 ± 1.2 [20 +3]')
     """
     spread = f" ± {std:.1f}" if std is not None and pd.notna(std) else ""
-    return f"{mean:.1f}{spread} [{int(n)}]"
+    more = f" +{int(pending)}" if pending and pd.notna(pending) else ""
+    return f"{mean:.1f}{spread} [{int(n)}{more}]"
 
 
 def percent(x: float | None) -> str:
@@ -73,24 +78,28 @@ def with_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled",
                 order: dict[str, list] | None = None) -> pd.DataFrame:
-    """Long table: one row per (index..., column) cell with mean, std over seeds, and n trials.
+    """Long table: one row per (index..., column) cell with mean, std over seeds, n trials averaged in, and
+    `pending`: the trials of seeds that do not yet hold as many of the cell's trials as its most complete seed.
 
     >>> df = pd.DataFrame({"method": ["a", "a"], "gamma_p": [0.0, 0.0], "seed": [0, 1],
     ...                    "auroc_pooled": [0.8, 0.9], "status": ["ok", "ok"]})
     >>> paper_table(df).round(1).to_dict("records")
-    [{'method': 'a', 'gamma_p': 0.0, 'mean': 85.0, 'std': 7.1, 'n': 2}]
+    [{'method': 'a', 'gamma_p': 0.0, 'mean': 85.0, 'std': 7.1, 'n': 2, 'pending': 0}]
     """
     rows = with_metric(rows, metric)
     ok = rows[rows["status"] == "ok"].copy()
     keys = [*index, column]
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "std", "n"])
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "pending"])
     ok[list(index)] = ok[list(index)].fillna("-")
-    # Mean over grid points within each seed first, then mean and std over seeds.
+    # Mean over grid points within each seed first, then mean and std over the seeds that are complete.
     per_seed = ok.groupby([*keys, "seed"], dropna=False)[metric].agg(["mean", "size"]).reset_index()
-    cells = per_seed.groupby(keys, dropna=False).agg(
+    complete = per_seed["size"] == per_seed.groupby(keys, dropna=False)["size"].transform("max")
+    cells = per_seed[complete].groupby(keys, dropna=False).agg(
         mean=("mean", "mean"), std=("mean", "std"), n=("size", "sum")
-    ).reset_index()
+    )
+    pending = per_seed[~complete].groupby(keys, dropna=False)["size"].sum()
+    cells = cells.assign(pending=pending.reindex(cells.index).fillna(0).astype(int)).reset_index()
     cells["mean"] *= 100
     cells["std"] *= 100
     # Rows in the paper's order where known (anything else after, alphabetically).
@@ -130,7 +139,7 @@ def print_table(rows: pd.DataFrame, expected: int | None = None, index=("method"
     for key, group in cells.groupby(list(index), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         by_col = group.set_index(column)
-        texts = [cell_text(*by_col.loc[value, ["mean", "std", "n"]]) if value in by_col.index else "-"
+        texts = [cell_text(*by_col.loc[value, ["mean", "std", "n", "pending"]]) if value in by_col.index else "-"
                  for value in columns]
         if column == "normal_class" and len(columns) > 1:
             texts.append(f"{by_col['mean'].mean():.1f}")
@@ -177,7 +186,7 @@ def wide_table(rows: pd.DataFrame, scenario_name: str, metric: str | None = None
     cells = paper_table(rows, index, column, metric, row_order(scenario))
     if cells.empty:
         return pd.DataFrame()
-    cells["text"] = [cell_text(*r) for r in cells[["mean", "std", "n"]].itertuples(index=False)]
+    cells["text"] = [cell_text(*r) for r in cells[["mean", "std", "n", "pending"]].itertuples(index=False)]
     if versus and index == ["method"] and column in ("gamma_p", "gamma_l"):
         for method in cells["method"].unique():
             if method == versus:
