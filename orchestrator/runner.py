@@ -6,9 +6,10 @@ Three layers, each usable alone:
 - ``KINDS[trial.kind].run(trial, data)``: plain Python, no Ray. Debug a grid point with it directly.
 - ``train_loop(config)``: the function a Ray Train ``TorchTrainer`` runs on each worker (in the
   trial's own process with ``num_workers=0``, or in DDP worker actors with ``--workers N``).
-- ``tune_trial(config)``: the Ray Tune function trainable. It builds and fits the ``TorchTrainer``
-  (Ray 2.60 Train V2 wraps Train in Tune this way) and writes the row to the store, ``ok`` or
-  ``failed``, so a finished trial is saved the moment it ends.
+- ``tune_trial(config)``: the Ray Tune function trainable. For each of its grid points in turn (one,
+  or a pack of short ones: Ray's cost is per Tune trial) it builds and fits a ``TorchTrainer`` (Ray 2.60
+  Train V2 wraps Train in Tune this way) and writes the point's row to the store, ``ok`` or ``failed``,
+  so a finished grid point is saved the moment it ends.
 """
 
 from __future__ import annotations
@@ -147,7 +148,42 @@ def train_loop(config: dict):
 
 
 def tune_trial(config: dict) -> dict:
-    """The Ray Tune trainable: one grid point as one TorchTrainer run, one row (or one file of rows) in the store."""
+    """The Ray Tune trainable. A sweep's Tune trial runs a pack of grid points (``config["trials"]``) one after
+    another, each as its own TorchTrainer run writing its own row the moment it ends; ``config["trial"]`` is
+    one grid point alone. Ray's cost is per Tune trial, so short points share it (orchestrator/sweep.py)."""
+    if "trials" not in config:
+        return run_point(config)
+    import ray.tune
+
+    tune_trial_id = ray.tune.get_context().get_trial_id()
+    ok = failed = 0
+    for point in config["trials"]:
+        one = {"trial": point, "ctx": config["ctx"]}
+        if stored_ok(one):  # Tune re-runs a trial whose process died: what it already stored stays as it is
+            ok += 1
+            continue
+        outcome = run_point(one, {"tune_trial": tune_trial_id, "points_in_tune_trial": len(config["trials"])})
+        ok += outcome["status"] == "ok"
+        failed += outcome["status"] != "ok"
+    return {"points_ok": ok, "points_failed": failed}
+
+
+def stored_ok(config: dict) -> bool:
+    """Whether the store already holds an ``ok`` row for this grid point (reads one small file, if any)."""
+    import pyarrow.parquet as pq
+
+    trial, ctx = Trial.from_dict(config["trial"]), Context.from_dict(config["ctx"])
+    store = ResultStore(ctx.storage)
+    path = store.path_for({"profile": trial.profile, "scenario": trial.scenario, "method": trial.method,
+                           "trial_key": trial.key})
+    try:
+        return "ok" in pq.read_table(path, columns=["status"], filesystem=store.fs)["status"].to_pylist()
+    except (FileNotFoundError, OSError):
+        return False
+
+
+def run_point(config: dict, extra: dict | None = None) -> dict:
+    """One grid point as one TorchTrainer run, one row (or one file of rows) in the store, ``ok`` or ``failed``."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -173,7 +209,11 @@ def tune_trial(config: dict) -> dict:
                 failure_config=ray.train.FailureConfig(max_failures=0),
             ),
         )
-        row.update(trainer.fit().return_value)
+        result = trainer.fit().return_value
+        if extra:
+            result = ({**result, "rows": [_with_extra(values, **extra) for values in result["rows"]]}
+                      if "rows" in result else _with_extra(result, **extra))
+        row.update(result)
         scores = row.pop("test_scores", None)
         if ctx.scores_storage and scores is not None:
             # Scores first: an ok result row always has its scores beside it.

@@ -1,10 +1,11 @@
 """Run a scenario's whole grid on Ray: ``python -m orchestrator.sweep scenario2``.
 
-Every grid point is one Ray Tune trial running one Ray Train ``TorchTrainer``; each finished
-trial writes one row to the Parquet store at once. Before any work starts the sweep checks all
-input (scenario, profile, methods, dataset, ``--set`` keys, whether the data can supply every
-ratio) and reads the store: keys already ``ok`` are skipped, ``failed`` ones run again. So the
-same command, run again after a crash or Ctrl-C, finishes only what is missing.
+Every grid point (a "trial" in the store and the progress lines) runs one Ray Train ``TorchTrainer``
+inside a Ray Tune trial and writes its row to the Parquet store the moment it ends. A Tune trial runs
+one grid point, or a pack of a few short ones in turn (the quick profile: Ray's cost is per Tune trial).
+Before any work starts the sweep checks all input (scenario, profile, methods, dataset, ``--set`` keys,
+whether the data can supply every ratio) and reads the store: keys already ``ok`` are skipped, ``failed``
+ones run again. So the same command, run again after a crash or Ctrl-C, finishes only what is missing.
 
 Examples::
 
@@ -106,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials-per-tuner", type=int, default=TRIALS_PER_TUNER,
                    help=f"run the grid as Tuner runs of at most this many trials (default {TRIALS_PER_TUNER}): "
                         "keeps the driver's memory flat")
+    p.add_argument("--points-per-trial", type=int, default=None,
+                   help="grid points one Ray Tune trial runs in turn, each its own row (default: up to the "
+                        "profile's maximum, 5 for quick and 1 otherwise, while every slot still gets 8 Tune trials)")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray Train workers per trial: 0 = the trial's own process (fastest for one device); "
                         "N >= 1 = N DDP worker actors")
@@ -136,6 +140,10 @@ def check_resources(args: argparse.Namespace) -> None:
         raise UserError("--gpu-memory-gib must be > 0 and --trials-per-tuner at least 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
+    if args.points_per_trial is not None and args.points_per_trial < 1:
+        raise UserError("--points-per-trial must be at least 1")
+    if (args.points_per_trial or 1) > 1 and args.report_epochs:
+        raise UserError("--report-epochs reports one training's epochs to Tune: use it with --points-per-trial 1")
 
 
 def request_from(args: argparse.Namespace) -> Request:
@@ -182,12 +190,13 @@ class Progress:
     def __init__(self, total: int, every_s: float = 5.0):
         from ray import tune
 
-        class _Callback(tune.Callback):
+        class _Callback(tune.Callback):  # a Tune trial reports how many of its grid points ended ok / failed
             def on_trial_complete(cb, iteration, trials, trial, **info):
-                self.update(ok=(trial.last_result or {}).get("status") == "ok")
+                result = trial.last_result or {}
+                self.update(ok=result.get("points_ok", 0), failed=result.get("points_failed", 0))
 
             def on_trial_error(cb, iteration, trials, trial, **info):
-                self.update(ok=False)
+                self.update(ok=0, failed=len(trial.config.get("trials", [None])))
 
         self.callback = _Callback()
         self.total, self.every_s = total, every_s
@@ -198,9 +207,9 @@ class Progress:
     def done(self) -> int:
         return self.ok + self.failed
 
-    def update(self, ok: bool):
+    def update(self, ok: int, failed: int):
         self.ok += ok
-        self.failed += not ok
+        self.failed += failed
         now, done = time.monotonic(), self.done
         if now - self.last >= self.every_s or done == self.total:
             self.last = now
@@ -262,6 +271,33 @@ def read_rows(store: ResultStore, keys=None, columns: list[str] | None = None):
         tables.append(chunk.to_table(columns=columns))
         release_freed_memory()
     return (pa.concat_tables(tables) if tables else store.schema.empty_table().select(columns)).to_pandas()
+
+
+# choice: packing leaves at least this many Tune trials per slot, so no slot idles long at the end of a batch.
+TUNE_TRIALS_PER_SLOT = 8
+
+
+def points_per_tune_trial(args: argparse.Namespace, points: int, concurrent: int) -> int:
+    """How many grid points one Tune trial runs: --points-per-trial, else as many as the profile allows
+    while each of the ``concurrent`` slots still gets TUNE_TRIALS_PER_SLOT trials (1 with --report-epochs,
+    whose per-epoch metrics are one training's, and with --workers, whose trials are long DDP runs)."""
+    if args.points_per_trial:
+        return args.points_per_trial
+    if args.report_epochs or args.workers > 0:
+        return 1
+    return max(1, min(PROFILES[args.profile].max_points_per_tune_trial, points // (concurrent * TUNE_TRIALS_PER_SLOT)))
+
+
+def packs_of(trials: list[Trial], size: int) -> list[list[Trial]]:
+    """Consecutive grid points of one method and kind, at most ``size`` in each (so a pack's points cost alike)."""
+    packs: list[list[Trial]] = []
+    for trial in trials:
+        last = packs[-1] if packs else None
+        if last and len(last) < size and (last[-1].method, last[-1].kind) == (trial.method, trial.kind):
+            last.append(trial)
+        else:
+            packs.append([trial])
+    return packs
 
 
 def batches_of(trials: list, size: int) -> list[list]:
@@ -347,14 +383,16 @@ def run(plan: Plan, args: argparse.Namespace) -> bool:
         plan.ctx.gpus_per_trial = request.gpus
         plan.ctx.cpus_per_worker = request.cpus_per_worker
         batches = batches_of(plan.todo, args.trials_per_tuner)
-        print(f"running {len(plan.todo)} trials, {concurrent} at a time, in {len(batches)} batch(es) "
+        per_tune_trial = points_per_tune_trial(args, len(batches[0]), concurrent)
+        packing = f", up to {per_tune_trial} a Ray Tune trial" if per_tune_trial > 1 else ""
+        print(f"running {len(plan.todo)} trials, {concurrent} at a time{packing}, in {len(batches)} batch(es) "
               f"({request.describe()}; the cluster can grow to {capacity.most('CPU'):g} CPUs, "
               f"{capacity.most('GPU'):g} GPUs: {capacity.source})", flush=True)
         for note in notes:
             print(f"note: {note}", flush=True)
         progress = Progress(len(plan.todo))
         for batch in batches:
-            hung |= run_batch(batch, plan, request, concurrent, progress)
+            hung |= run_batch(batch, plan, request, concurrent, progress, per_tune_trial)
             release_freed_memory(collect=True)
     finally:
         if hung:  # Ray's shutdown may hang the same way: give it a bounded time
@@ -366,19 +404,22 @@ def run(plan: Plan, args: argparse.Namespace) -> bool:
     return hung
 
 
-def run_batch(batch: list[Trial], plan: Plan, request, concurrent: int, progress: Progress) -> bool:
-    """One Tuner over a bounded batch: the driver's memory follows the batch, not the grid."""
+def run_batch(batch: list[Trial], plan: Plan, request, concurrent: int, progress: Progress,
+              per_tune_trial: int = 1) -> bool:
+    """One Tuner over a bounded batch: the driver's memory follows the batch, not the grid. Each Tune
+    trial runs a pack of ``per_tune_trial`` grid points (orchestrator/runner.py: tune_trial)."""
     from ray import tune
 
     from orchestrator.runner import base_row, tune_trial
 
     tune_dir = tempfile.mkdtemp(prefix="adsweep-tune-")
     plan.ctx.train_storage = tune_dir
+    packs = [[t.to_dict() for t in pack] for pack in packs_of(batch, per_tune_trial)]
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, request.tune_resources()),
-        param_space={"trial": tune.grid_search([t.to_dict() for t in batch]), "ctx": plan.ctx.to_dict()},
+        param_space={"trials": tune.grid_search(packs), "ctx": plan.ctx.to_dict()},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=min(concurrent, len(batch)),
+            max_concurrent_trials=min(concurrent, len(packs)),
             reuse_actors=True,  # one process serves many trials: no start-up per trial
             trial_dirname_creator=lambda t: t.trial_id,
         ),
@@ -404,13 +445,15 @@ def run_batch(batch: list[Trial], plan: Plan, request, concurrent: int, progress
     hung = wait_for_fit(fitting, plan.store, {t.key for t in batch}, progress)
     if "error" in outcome:
         raise outcome["error"]
-    # A trial that died with its process never wrote its row: record the failure here.
+    # A trial that died with its process never wrote the rows it had not reached: record the failures here.
     stored = set(stored_files(plan.store)) if "grid" in outcome else set()
     for result in outcome.get("grid", []):
-        trial = Trial.from_dict(result.config["trial"]) if result.config else None
-        if result.error is not None and trial and trial.key not in stored:
-            plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
-                              "error": f"{type(result.error).__name__}: {result.error}"[:2000]})
+        if result.error is None or not result.config:
+            continue
+        for trial in map(Trial.from_dict, result.config["trials"]):
+            if trial.key not in stored:
+                plan.store.write({**base_row(trial, plan.ctx), "status": "failed",
+                                  "error": f"{type(result.error).__name__}: {result.error}"[:2000]})
     if not hung:
         shutil.rmtree(tune_dir, ignore_errors=True)
     return hung

@@ -308,7 +308,7 @@ def test_the_driver_goes_on_when_the_store_is_complete_but_ray_does_not_return(t
     for key in sorted(keys):
         store.write({"trial_key": key, "profile": "quick", "scenario": "scenario2", "method": "iforest",
                      "status": "ok"})
-        progress.update(ok=True)
+        progress.update(ok=1, failed=0)
     assert wait_for_fit(hung, store, keys, progress, grace_s=0.5, poll_s=0.1, store_every_s=0.1) is True
     returns = threading.Thread(target=lambda: None)
     returns.start()

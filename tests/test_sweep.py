@@ -1,6 +1,7 @@
 """The sweep end to end, as a user runs it: real Ray Tune + Train, real digits, real Parquet files."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from orchestrator.data.datasets import load_dataset
 from orchestrator.grid.scenarios import PROFILES, SCENARIOS
 from orchestrator.planner import expand
+from orchestrator.store import ResultStore
 from orchestrator.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +83,11 @@ def test_sweep_writes_exactly_the_grid_and_a_rerun_writes_nothing(tmp_path):
     assert result_files(tmp_path / "scores") == scores_before
 
 
-def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path):
+@pytest.mark.parametrize("per_tune_trial", ["1", "3"])  # one grid point a Tune trial, or packs of 3
+def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path, per_tune_trial):
     store = tmp_path / "results"
-    args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST]
+    args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST,
+            "--points-per-trial", per_tune_trial]
     # Kill the driver and every process it started (its session) once two trials are saved.
     cmd = [sys.executable, "-m", "orchestrator.sweep", "scenario2", "--methods", "hscl", *args]
     # Every process of this sweep (the driver, Ray's daemons, trial workers) inherits this marker.
@@ -132,6 +136,37 @@ def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
     assert not result_files(tmp_path / "scores")  # a failed trial leaves no scores
 
 
+def test_packed_grid_points_each_write_their_own_row_and_share_tune_trials(tmp_path):
+    store = tmp_path / "results"
+    run = sweep("--normal-classes", "0,1", "--anomaly-classes", "2", "--storage", str(store), *FAST,
+                "--points-per-trial", "3", "--max-concurrent", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "up to 3 a Ray Tune trial" in run.stdout and "6/6 trials" in run.stdout
+    rows = pd.read_parquet(store)
+    assert set(rows["trial_key"]) == expected_keys([0, 1], [2], {"epochs": 3}) and (rows["status"] == "ok").all()
+    extra = rows["extra"].map(json.loads)
+    assert extra.map(lambda e: e["points_in_tune_trial"]).eq(3).all()
+    per_tune_trial = extra.map(lambda e: e["tune_trial"]).value_counts()
+    assert len(per_tune_trial) == 2 and (per_tune_trial == 3).all()
+    # Each point has its own timings, one after another within its Tune trial.
+    for _, points in rows.assign(tune=extra.map(lambda e: e["tune_trial"])).groupby("tune"):
+        points = points.sort_values("started_at")
+        assert (points["started_at"].iloc[1:].to_numpy() >= points["finished_at"].iloc[:-1].to_numpy()).all()
+
+
+def test_a_retried_pack_does_not_train_again_what_it_stored(tmp_path):
+    from orchestrator.runner import Context, stored_ok
+
+    trials = expand(SCENARIOS["scenario2"], PROFILES["quick"], num_classes=10, methods=["hscl"],
+                    normal_classes=[0], anomaly_classes=[1])
+    store = ResultStore(str(tmp_path / "results"))
+    ctx = Context(storage=store.location).to_dict()
+    for trial, status in zip(trials, ["ok", "failed"], strict=False):
+        store.write({"trial_key": trial.key, "profile": trial.profile, "scenario": trial.scenario,
+                     "method": trial.method, "status": status})
+    assert [stored_ok({"trial": t.to_dict(), "ctx": ctx}) for t in trials] == [True, False, False]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -149,6 +184,8 @@ def test_a_failing_trial_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
         (["scenario2", "--set", "epochs=many"], "expected a int"),
         (["scenario2", "--normal-classes", "12"], "classes 0..9"),
         (["scenario2", "--labeled-dataset", "digits"], "not scenario2"),
+        (["scenario2", "--points-per-trial", "0"], "--points-per-trial must be at least 1"),
+        (["scenario2", "--points-per-trial", "2", "--report-epochs"], "--points-per-trial 1"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):

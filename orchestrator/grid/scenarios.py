@@ -52,6 +52,9 @@ class Profile:
     name: str
     dataset: str
     description: str
+    # The most grid points one Ray Tune trial runs, one after another, each its own TorchTrainer and row
+    # (orchestrator/sweep.py: points_per_tune_trial). Ray's cost is per Tune trial, not per grid point.
+    max_points_per_tune_trial: int = 1
 
 
 SCENARIOS = {
@@ -257,7 +260,12 @@ SCENARIOS = {
 }
 
 PROFILES = {
-    "quick": Profile("quick", "digits", "sklearn digits, small CNN, few epochs: minutes on a laptop CPU"),
+    # choice: quick trials last 0.3-1.8 s and Ray Tune costs about 0.07 s of CPU for each (a placement group,
+    # registry look-ups, the controller's loop; benchmarks/quick_sweep.py), which the driver and Ray's daemons
+    # take from the trials on a 2-core laptop: efficiency 0.89. Up to 5 points a Tune trial (measured there).
+    # small and paper trials last minutes: one point each, so the scheduler balances them at the finest grain.
+    "quick": Profile("quick", "digits", "sklearn digits, small CNN, few epochs: minutes on a laptop CPU",
+                     max_points_per_tune_trial=5),
     "small": Profile("small", "cifar10", "CIFAR-10 at 32x32, a quarter-width ResNet-18, a few epochs: minutes "
                      "per trial on one CPU core (docs/reproduction.md)"),
     "paper": Profile("paper", "cifar10", "CIFAR-10 and the papers' hyperparameters: for a GPU cluster"),
