@@ -35,14 +35,25 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_rss(proc: psutil.Process, cpu: dict[int, tuple[str, float]]) -> int:
+    """Resident memory of the whole tree; also notes each process's role and CPU seconds so far in ``cpu``."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             total += p.memory_info().rss
+            times = p.cpu_times()
+            cpu[p.pid] = (role(p, proc), times.user + times.system)
         except psutil.Error:
             pass
     return total
+
+
+def role(p: psutil.Process, driver: psutil.Process) -> str:
+    """driver, trial process (Ray's worker actors) or Ray daemon (GCS, raylet, dashboard agents, log monitor)."""
+    if p.pid == driver.pid:
+        return "driver"
+    cmdline = " ".join(p.cmdline())
+    return "trial processes" if "default_worker.py" in cmdline or p.name().startswith("ray::") else "ray daemons"
 
 
 def cpu_model() -> str:
@@ -69,10 +80,11 @@ def measure(code: Path, extra: list[str]) -> dict:
     proc = subprocess.Popen(cmd, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     ps = psutil.Process(proc.pid)
     peak = 0
+    cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at its last sample)
     output = []
     os.set_blocking(proc.stdout.fileno(), False)
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ps))
+        peak = max(peak, tree_rss(ps, cpu))
         line = proc.stdout.readline()
         while line:
             output.append(line)
@@ -83,6 +95,10 @@ def measure(code: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - start
     text = "".join(output)
     concurrent = int(re.search(r"(\d+) at a time", text).group(1))
+    packed = re.search(r"up to (\d+) a Ray Tune trial", text)
+    cpu_by_role: dict[str, float] = {}
+    for name, seconds in cpu.values():
+        cpu_by_role[name] = round(cpu_by_role.get(name, 0.0) + seconds, 1)
 
     rows = pd.read_parquet(store)
     ok = rows[rows["status"] == "ok"]
@@ -95,6 +111,10 @@ def measure(code: Path, extra: list[str]) -> dict:
         "trials": len(rows),
         "ok": len(ok),
         "concurrent": concurrent,
+        "points_per_tune_trial": int(packed.group(1)) if packed else 1,
+        # CPU seconds per role (sampled every 0.2 s, so a process's last 0.2 s may be missing): what the driver
+        # and Ray's daemons take from the trials on a machine with as many cores as trials at once.
+        "cpu_seconds_by_role": cpu_by_role,
         "wall_seconds": round(wall, 1),
         "peak_rss_gb": round(peak / 1e9, 2),
         "sum_trial_seconds": round(own, 1),
@@ -129,7 +149,8 @@ def main():
     print(json.dumps(record, indent=2))
     for r in runs:
         print(f"{r['code']}: wall {r['wall_seconds'] / 60:.1f} min, peak {r['peak_rss_gb']:.2f} GB, "
-              f"efficiency {r['efficiency']:.2f}")
+              f"efficiency {r['efficiency']:.3f}, up to {r['points_per_tune_trial']} points a Tune trial, "
+              f"CPU s {r['cpu_seconds_by_role']}")
 
 
 if __name__ == "__main__":
