@@ -83,7 +83,8 @@ def test_sweep_writes_exactly_the_grid_and_a_rerun_writes_nothing(tmp_path):
     assert result_files(tmp_path / "scores") == scores_before
 
 
-@pytest.mark.parametrize("per_tune_trial", ["1", "3"])  # one grid point a Tune trial, or packs of 3
+# One grid point a Tune trial, or packs of 3 (slow tier: the default tier has the packed sweep below).
+@pytest.mark.parametrize("per_tune_trial", ["1", pytest.param("3", marks=pytest.mark.slow)])
 def test_a_sweep_killed_part_way_finishes_only_what_is_missing(tmp_path, per_tune_trial):
     store = tmp_path / "results"
     args = ["--normal-classes", "0,1", "--anomaly-classes", "2,3", "--storage", str(store), *FAST,
