@@ -297,7 +297,7 @@ def test_reproduction_script_runs_and_the_report_regenerates_from_the_store(tmp_
     run = subprocess.run(
         [sys.executable, "benchmarks/reproduction.py", "--profile", "quick", "--dataset", "digits",
          "--store", str(store), "--normal-classes", "0,1", "--mil-classes", "0", "--out", str(doc),
-         "--cadet-store", str(cadet), "--steps", "1,2,3,4,5,6,7,8"],  # 7, 8: CADet Tables 1 and 4, seed 0
+         "--cadet-store", str(cadet), "--steps", "1,2,3,4,5,6,7,8,14,15"],  # 7, 8: CADet Tables 1 and 4, seed 0
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = doc.read_text()
