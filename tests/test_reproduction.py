@@ -229,6 +229,19 @@ def test_mil_convex_claims_pair_class_and_seed_and_read_only_their_slice():
     ablation["variant"] = ablation["variant"].map({"all": "Rot + Mean", "Rot + Mean": "all", "Rot": "Rot"})
     assert check(full, ablation)[2] == "does not hold"
 
+
+def test_the_ablation_order_compares_rows_on_the_points_every_row_finished():
+    """A variant further on in its seeds is ranked on the same (normal class, seed) points as the others:
+    here Rot's seed 1 (far above) is left out until the other rows have seed 1 too."""
+    order = next(c for c in read_spec()["claims"] if c["test"] == "rank_order")
+    paper_order = {"Rot + ADL": 0.0, "Rot": 0.01, "Rot + Mean": 0.02, "all": 0.03}  # the paper's order
+    rows = pd.DataFrame([{"variant": v, "normal_class": c, "seed": 0, "auroc_pooled": 0.7 + d}
+                         for v, d in paper_order.items() for c in range(5)]
+                        + [{"variant": "Rot", "normal_class": c, "seed": 1, "auroc_pooled": 0.99} for c in range(5)])
+    text, measured, verdict = check(order, rows)
+    assert verdict == "holds" and "all 73.0" in measured and "Rot 71.0" in measured
+    assert "over the 5 (normal class, seed) points every row finished; seed(s) 0" in measured
+
 def test_the_cadet_section_says_which_attack_failed_and_which_shift_could_not_run():
     """An experiment that does not do what it claims says so in the document: a flagged attack, a skipped shift."""
     def extra(rate, skipped):

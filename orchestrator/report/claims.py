@@ -213,15 +213,19 @@ def rank_order(claim: dict, ok: pd.DataFrame, names: dict) -> Finding | None:
 
     key = claim["key"]
     paper = _paper_numbers(claim, ok, key)
-    ours = ok.groupby(key)[_metric(claim)].mean() * 100
+    # Only the (normal class, seed) points every row finished: a row further on in its seeds is not compared
+    # on other points than the rest.
+    per_point = ok.pivot_table(index=_points(ok), columns=key, values=_metric(claim)).dropna()
+    ours = per_point.mean() * 100
     if paper.empty or ours.empty:
         return None
     paper_order, our_order = list(paper.sort_values().index), list(ours.sort_values().index)
     common = [v for v in paper_order if v in ours.index]
     tau = kendalltau([paper[v] for v in common], [ours[v] for v in common]).statistic if len(common) > 1 else np.nan
     measured = (f"ours, lowest to highest: {' < '.join(f'{v} {ours[v]:.1f}' for v in our_order)}; "
-                f"Kendall's tau against the paper's order {tau:.2f} (over {ok['normal_class'].nunique()} "
-                f"normal classes)")
+                f"Kendall's tau against the paper's order {tau:.2f} (over the {len(per_point)} (normal class"
+                f"{', seed' if 'seed' in per_point.index.names else ''}) points every row finished"
+                f"{_seeds_text(per_point)})")
     verdict = (HOLDS if our_order == paper_order else f"holds in part: '{paper_order[-1]}' is best"
                if our_order[-1] == paper_order[-1] else FAILS)
     return _claim_text(claim, ok, paper), measured, verdict

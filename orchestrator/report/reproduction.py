@@ -93,12 +93,16 @@ def by_normal_class_table(ok: pd.DataFrame, scenario, spec: dict) -> pd.DataFram
     """One line per row key, one column per normal class (its known anomaly class in brackets), the
     mean, and the paper's mean over the same classes and over all its classes where `spec` asks."""
     row_keys = list(spec["rows"])
-    cells = cell_means(ok, [*row_keys, "normal_class"], scenario.metric)
     known = ok.groupby("normal_class")["anomaly_class"].first()
+    ok = complete_seeds(ok, row_keys)
+    cells = cell_means(ok, [*row_keys, "normal_class"], scenario.metric)
+    seeds = ok.groupby(row_keys, sort=False, dropna=False)["seed"].unique() if "seed" in ok else None
     lines = []
     for key, group in cells.groupby(row_keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         line = dict(zip(row_keys, key, strict=True))
+        if seeds is not None:
+            line["seeds"] = ", ".join(str(int(v)) for v in sorted(seeds.loc[key if len(key) > 1 else key[0]]))
         for _, r in group.sort_values("normal_class").iterrows():
             c = int(r["normal_class"])
             line[f"{c} (vs {int(known[c])})" if pd.notna(known.get(c)) else str(c)] = percent(r["mean"])
@@ -110,6 +114,21 @@ def by_normal_class_table(ok: pd.DataFrame, scenario, spec: dict) -> pd.DataFram
     if "published" in spec:
         _add_paper_means(frame, ok, scenario.name, spec["published"], row_keys)
     return frame
+
+
+def complete_seeds(ok: pd.DataFrame, row_keys: list[str]) -> pd.DataFrame:
+    """The rows of the seeds that hold as many trials of their row as the row's most complete seed (as in
+    tables.paper_table): a seed still running stays out of a row's per-class means until it covers the row.
+
+    >>> rows = pd.DataFrame({"variant": ["a"] * 3, "seed": [0, 0, 1], "normal_class": [0, 1, 0]})
+    >>> complete_seeds(rows, ["variant"])["seed"].tolist()
+    [0, 0]
+    """
+    if "seed" not in ok or ok.empty:
+        return ok
+    size = ok.assign(_one=1).groupby([*row_keys, "seed"], dropna=False)["_one"].transform("size")
+    most = size.groupby([ok[k] for k in row_keys], dropna=False).transform("max")
+    return ok[size == most]
 
 
 def _same_row(pub: pd.DataFrame, key: dict) -> pd.Series:
