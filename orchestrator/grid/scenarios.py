@@ -260,9 +260,10 @@ SCENARIOS = {
 }
 
 PROFILES = {
-    # choice: quick trials last 0.3-1.8 s and Ray Tune costs about 0.07 s of CPU for each (a placement group,
-    # registry look-ups, the controller's loop; benchmarks/quick_sweep.py), which the driver and Ray's daemons
-    # take from the trials on a 2-core laptop: efficiency 0.89. Up to 5 points a Tune trial (measured there).
+    # choice: quick trials last 0.3-1.8 s and each Ray Tune trial costs about 0.06 s of a slot's wall time, half
+    # of it CPU the driver and Ray's daemons take from the trials on a 2-core laptop (a placement group, registry
+    # look-ups, the controller's loop): efficiency 0.889. Up to 5 points a Tune trial: 0.922, wall 521 -> 458 s
+    # (benchmarks/quick_sweep.py).
     # small and paper trials last minutes: one point each, so the scheduler balances them at the finest grain.
     "quick": Profile("quick", "digits", "sklearn digits, small CNN, few epochs: minutes on a laptop CPU",
                      max_points_per_tune_trial=5),
