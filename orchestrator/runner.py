@@ -102,6 +102,13 @@ def _with_extra(values: dict, **more) -> dict:
     return {**values, "extra": {**extra, **more}}
 
 
+def _result_with_extra(result: dict, **more) -> dict:
+    """A kind's result with ``more`` in the extra of its row, or of each of its ``rows``."""
+    if "rows" in result:
+        return {**result, "rows": [_with_extra(values, **more) for values in result["rows"]]}
+    return _with_extra(result, **more)
+
+
 def gpu_oom(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it, e.g. inside a Ray Train worker) is CUDA running out of memory."""
     seen = 0
@@ -140,10 +147,7 @@ def train_loop(config: dict):
     result = get_kind(trial.kind).run(trial, ctx.data, on_epoch)
     if cap_gib is not None:  # the measured footprint sizes later sweeps' --gpus-per-trial (orchestrator/cluster.py)
         peak = {"gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "gpu_cap_gib": round(cap_gib, 3)}
-        if "rows" in result:
-            result = {**result, "rows": [_with_extra(values, **peak) for values in result["rows"]]}
-        else:
-            result = _with_extra(result, **peak)
+        result = _result_with_extra(result, **peak)
     return result
 
 
@@ -211,8 +215,7 @@ def run_point(config: dict, extra: dict | None = None) -> dict:
         )
         result = trainer.fit().return_value
         if extra:
-            result = ({**result, "rows": [_with_extra(values, **extra) for values in result["rows"]]}
-                      if "rows" in result else _with_extra(result, **extra))
+            result = _result_with_extra(result, **extra)
         row.update(result)
         scores = row.pop("test_scores", None)
         if ctx.scores_storage and scores is not None:
