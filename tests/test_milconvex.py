@@ -11,6 +11,7 @@ scores on z) and after: S_a's precision 0.19 -> 0.72; mean AUROC all 0.871 -> 0.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -173,3 +174,19 @@ def test_full_method_keeps_up_with_rot_and_mean(probe):
     rows, _ = probe
     mean = {variant: np.mean([r["auroc_pooled"] for r in rs]) for variant, rs in rows.items()}
     assert mean["all"] >= mean["Rot + Mean"] - 0.01, mean
+
+
+def test_adl_diagnostic_counts_the_pollution_in_s_a(tmp_path):
+    """benchmarks/milconvex_adl.py on digits (quick, class 1, gamma .10): per epoch S_a's precision against the
+    truth, next to the base rate; digits' trained encoder puts mostly pollution into S_a (CIFAR-10 small: chance)."""
+    from benchmarks import milconvex_adl
+
+    out = tmp_path / "adl.json"
+    assert milconvex_adl.main(["--normal-classes", "1", "--gamma-p", "0.1", "--out", str(out)]) == 0
+    (trial,) = json.loads(out.read_text())["trials"]
+    epochs = trial["per_epoch"]
+    assert [e["epoch"] for e in epochs] == list(range(1, trial["epochs"] + 1))
+    base = np.mean([e["base_rate"] for e in epochs])
+    assert 0.05 < base < 0.15  # gamma_p .10 of the unlabeled training set
+    assert np.mean([e["sa_precision"] for e in epochs]) > 3 * base
+    assert 0.5 < trial["auroc_val"] <= 1
