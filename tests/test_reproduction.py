@@ -242,6 +242,7 @@ def test_the_ablation_order_compares_rows_on_the_points_every_row_finished():
     assert verdict == "holds" and "all 73.0" in measured and "Rot 71.0" in measured
     assert "over the 5 (normal class, seed) points every row finished; seed(s) 0" in measured
 
+
 def test_the_cadet_section_says_which_attack_failed_and_which_shift_could_not_run():
     """An experiment that does not do what it claims says so in the document: a flagged attack, a skipped shift."""
     def extra(rate, skipped):

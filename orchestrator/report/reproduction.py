@@ -28,6 +28,7 @@ from orchestrator.report.claims import AXIS_SYMBOL, check, fill_in, read_spec
 from orchestrator.report.stats import cell_means
 from orchestrator.report.tables import (
     cell_text,
+    complete_seeds,
     gamma_label,
     paper_table,
     percent,
@@ -114,21 +115,6 @@ def by_normal_class_table(ok: pd.DataFrame, scenario, spec: dict) -> pd.DataFram
     if "published" in spec:
         _add_paper_means(frame, ok, scenario.name, spec["published"], row_keys)
     return frame
-
-
-def complete_seeds(ok: pd.DataFrame, row_keys: list[str]) -> pd.DataFrame:
-    """The rows of the seeds that hold as many trials of their row as the row's most complete seed (as in
-    tables.paper_table): a seed still running stays out of a row's per-class means until it covers the row.
-
-    >>> rows = pd.DataFrame({"variant": ["a"] * 3, "seed": [0, 0, 1], "normal_class": [0, 1, 0]})
-    >>> complete_seeds(rows, ["variant"])["seed"].tolist()
-    [0, 0]
-    """
-    if "seed" not in ok or ok.empty:
-        return ok
-    size = ok.assign(_one=1).groupby([*row_keys, "seed"], dropna=False)["_one"].transform("size")
-    most = size.groupby([ok[k] for k in row_keys], dropna=False).transform("max")
-    return ok[size == most]
 
 
 def _same_row(pub: pd.DataFrame, key: dict) -> pd.Series:

@@ -76,6 +76,21 @@ def with_metric(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.assign(**{metric: pd.to_numeric(pd.Series(values, index=rows.index, dtype=object))})
 
 
+def complete_seeds(ok: pd.DataFrame, row_keys: list[str]) -> pd.DataFrame:
+    """The rows of the seeds that hold as many trials of their row as the row's most complete seed: a seed
+    still running stays out of a row's means until it covers the row (paper_table, by_normal_class_table).
+
+    >>> rows = pd.DataFrame({"variant": ["a"] * 3, "seed": [0, 0, 1], "normal_class": [0, 1, 0]})
+    >>> complete_seeds(rows, ["variant"])["seed"].tolist()
+    [0, 0]
+    """
+    if "seed" not in ok or ok.empty:
+        return ok
+    size = ok.assign(_one=1).groupby([*row_keys, "seed"], dropna=False)["_one"].transform("size")
+    most = size.groupby([ok[k] for k in row_keys], dropna=False).transform("max")
+    return ok[size == most]
+
+
 def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric="auroc_pooled",
                 order: dict[str, list] | None = None) -> pd.DataFrame:
     """Long table: one row per (index..., column) cell with mean, std over seeds, n trials averaged in, and
@@ -87,18 +102,16 @@ def paper_table(rows: pd.DataFrame, index=("method",), column="gamma_p", metric=
     [{'method': 'a', 'gamma_p': 0.0, 'mean': 85.0, 'std': 7.1, 'n': 2, 'pending': 0}]
     """
     rows = with_metric(rows, metric)
-    ok = rows[rows["status"] == "ok"].copy()
+    ok = rows[rows["status"] == "ok"].reset_index(drop=True)
     keys = [*index, column]
     if ok.empty:
         return pd.DataFrame(columns=[*keys, "mean", "std", "n", "pending"])
     ok[list(index)] = ok[list(index)].fillna("-")
     # Mean over grid points within each seed first, then mean and std over the seeds that are complete.
-    per_seed = ok.groupby([*keys, "seed"], dropna=False)[metric].agg(["mean", "size"]).reset_index()
-    complete = per_seed["size"] == per_seed.groupby(keys, dropna=False)["size"].transform("max")
-    cells = per_seed[complete].groupby(keys, dropna=False).agg(
-        mean=("mean", "mean"), std=("mean", "std"), n=("size", "sum")
-    )
-    pending = per_seed[~complete].groupby(keys, dropna=False)["size"].sum()
+    complete = complete_seeds(ok, keys)
+    per_seed = complete.groupby([*keys, "seed"], dropna=False)[metric].agg(["mean", "size"]).reset_index()
+    cells = per_seed.groupby(keys, dropna=False).agg(mean=("mean", "mean"), std=("mean", "std"), n=("size", "sum"))
+    pending = ok.drop(index=complete.index).groupby(keys, dropna=False)[metric].size()
     cells = cells.assign(pending=pending.reindex(cells.index).fillna(0).astype(int)).reset_index()
     cells["mean"] *= 100
     cells["std"] *= 100
